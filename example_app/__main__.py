@@ -1,0 +1,72 @@
+"""``python -m example_app [--host H] [--port P] [--mongo URL]``: serve the live user directory."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+from collections.abc import Sequence
+
+import tornado.httpserver
+import tornado.netutil
+
+from tornado_live import Hub
+
+from .app import make_app
+from .store import MemoryCollection
+from .users import User
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m example_app", description="The tornado_live demo: a live user directory."
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8888, help="port (default 8888; 0 = any free)")
+    parser.add_argument(
+        "--mongo",
+        metavar="URL",
+        help="store users in MongoDB at URL (e.g. mongodb://127.0.0.1:27017/demo) "
+        "instead of in memory",
+    )
+    return parser.parse_args(argv)
+
+
+async def serve(options: argparse.Namespace) -> None:
+    hub = Hub()
+    if options.mongo:
+        from pymongo import AsyncMongoClient
+
+        client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(options.mongo)
+        database = client.get_default_database("tornado_live_demo")
+        User.bind(database["users"], hub)
+        store = f"MongoDB at {options.mongo}"
+    else:
+        User.bind(MemoryCollection(), hub)
+        store = "memory"
+    sockets = tornado.netutil.bind_sockets(options.port, options.host)
+    server = tornado.httpserver.HTTPServer(make_app(hub))
+    server.add_sockets(sockets)
+    host, port = sockets[0].getsockname()[:2]
+    host = f"[{host}]" if ":" in host else host
+    print(f"tornado_live demo: http://{host}:{port}/ (store: {store}; Ctrl-C stops)", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    server.stop()
+    await server.close_all_connections()
+    await hub.close()
+    if options.mongo:
+        await client.close()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(parse(argv)))
+
+
+if __name__ == "__main__":
+    main()

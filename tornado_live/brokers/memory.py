@@ -1,0 +1,119 @@
+"""The in-memory broker: one process, offsets and a bounded history per channel."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from ..protocol import Event
+from . import Deliver, History
+
+log = logging.getLogger("tornado_live.brokers")
+
+
+@dataclass(slots=True)
+class _Channel:
+    epoch: str
+    offset: int = 0
+    events: deque[tuple[float, Event]] = field(default_factory=deque)
+    subscribers: list[Deliver] = field(default_factory=list)
+
+
+class MemoryBroker:
+    """The default broker: everything lives in this process.
+
+    Each channel keeps its last ``history`` events, none older than ``ttl`` seconds, for
+    clients that reconnect with ``since``. At most ``channels`` channels keep state; past
+    that, the least recently used channel with no subscriber is forgotten, and if it is
+    used again it starts a new epoch (clients that knew the old one get
+    ``recovered: false``). Memory is therefore bounded by ``channels x history`` events.
+
+    Several hubs may share one ``MemoryBroker``: they then behave like processes sharing
+    a Redis, which is how the tests exercise cross-process behaviour cheaply.
+    """
+
+    HISTORY = 1000
+    TTL = 3600.0
+    CHANNELS = 100_000
+
+    def __init__(
+        self, *, history: int = HISTORY, ttl: float = TTL, channels: int = CHANNELS
+    ) -> None:
+        if history < 0:
+            raise ValueError(f"history must be >= 0 events, got {history}")
+        if ttl <= 0:
+            raise ValueError(f"ttl must be > 0 seconds, got {ttl}")
+        if channels < 1:
+            raise ValueError(f"channels must be >= 1, got {channels}")
+        self.limit = history
+        self.ttl = ttl
+        self.channels = channels
+        self._epoch = secrets.token_hex(8)
+        self._evictions = 0
+        self._state: OrderedDict[str, _Channel] = OrderedDict()
+
+    def _channel(self, name: str) -> _Channel:
+        state = self._state.get(name)
+        if state is None:
+            state = self._state[name] = _Channel(f"{self._epoch}-{self._evictions}")
+            if len(self._state) > self.channels:
+                self._evict()
+        else:
+            self._state.move_to_end(name)
+        return state
+
+    def _evict(self) -> None:
+        for name, state in self._state.items():
+            if not state.subscribers:
+                del self._state[name]
+                self._evictions += 1
+                return
+
+    def _expire(self, state: _Channel) -> None:
+        deadline = time.monotonic() - self.ttl
+        events = state.events
+        while events and (events[0][0] < deadline or len(events) > self.limit):
+            events.popleft()
+
+    async def publish(self, channel: str, type: str, data: bytes) -> Event:
+        state = self._channel(channel)
+        state.offset += 1
+        event = Event(channel, type, state.offset, data)
+        if self.limit:
+            state.events.append((time.monotonic(), event))
+            self._expire(state)
+        for deliver in tuple(state.subscribers):
+            try:
+                deliver(event)
+            except Exception:
+                log.exception("subscriber of %r failed on offset %d", channel, event.offset)
+        return event
+
+    async def subscribe(self, channel: str, deliver: Deliver) -> None:
+        self._channel(channel).subscribers.append(deliver)
+
+    async def unsubscribe(self, channel: str, deliver: Deliver) -> None:
+        state = self._state.get(channel)
+        if state is not None and deliver in state.subscribers:
+            state.subscribers.remove(deliver)
+
+    async def history(
+        self, channel: str, since: int | None = None, epoch: str | None = None
+    ) -> History:
+        state = self._channel(channel)
+        if since is None:
+            return History(state.epoch, state.offset)
+        if (epoch is not None and epoch != state.epoch) or since > state.offset:
+            return History(state.epoch, state.offset, recovered=False)
+        self._expire(state)
+        missed = state.offset - since
+        if missed > len(state.events):
+            return History(state.epoch, state.offset, recovered=False)
+        events = [event for _, event in state.events][len(state.events) - missed :]
+        return History(state.epoch, state.offset, events)
+
+    async def close(self) -> None:
+        self._state.clear()

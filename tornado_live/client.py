@@ -1,0 +1,223 @@
+"""A Python client for the tornado_live protocol: for tests, scripts and other services.
+
+::
+
+    client = await Client.connect("ws://127.0.0.1:8888/live")
+    await client.subscribe("users")
+    event = await client.receive()        # {"type": "updated_user", "channel": "users", ...}
+    answer = await client.request("ping", {"n": 1})   # the on_ping reply's data
+    await client.close()
+
+Frames answering a request (``subscribed``, ``unsubscribed``, ``reply``, or an ``error``
+carrying the request's ``id``) go to the call that made the request; everything else
+(events, and errors not tied to a request) waits in order for :meth:`Client.receive`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from typing import Any
+
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+
+class ClientError(Exception):
+    """The server answered a request with an ``error`` frame."""
+
+    def __init__(self, frame: dict[str, Any]) -> None:
+        super().__init__(f"{frame.get('code')}: {frame.get('message')}")
+        self.frame = frame
+        self.code: str = frame.get("code", "")
+
+
+class Closed(ConnectionError):
+    """The connection is closed; ``code`` and ``reason`` are what the server said."""
+
+    def __init__(self, code: int | None, reason: str | None) -> None:
+        super().__init__(f"connection closed (code {code}: {reason or 'no reason'})")
+        self.code = code
+        self.reason = reason
+
+
+class Client:
+    """One WebSocket connection speaking protocol v1. Make it with :meth:`connect`."""
+
+    def __init__(self, connection: WebSocketClientConnection) -> None:
+        self.connection = connection
+        #: channel -> (epoch, last offset seen): what to pass as ``since``/``epoch`` to
+        #: resume after a reconnect (see :meth:`resume`).
+        self.positions: dict[str, tuple[str | None, int]] = {}
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._frames: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._reader = asyncio.ensure_future(self._read())
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str,
+        *,
+        origin: str | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 10.0,
+    ) -> Client:
+        """Open a connection to ``url`` (``ws://`` or ``wss://``).
+
+        ``origin`` sets the ``Origin`` header, as a browser would; ``headers`` adds others
+        (a cookie, an ``Authorization``). Raises :class:`tornado.httpclient.HTTPClientError`
+        if the server refuses the handshake (403 for a cross-origin one).
+        """
+        all_headers = dict(headers or {})
+        if origin is not None:
+            all_headers["Origin"] = origin
+        request = HTTPRequest(url, headers=all_headers, connect_timeout=timeout)
+        connection = await websocket_connect(request)
+        return cls(connection)
+
+    # -- requests -----------------------------------------------------------------------
+
+    async def subscribe(
+        self, channel: str, *, since: int | None = None, epoch: str | None = None
+    ) -> dict[str, Any]:
+        """Subscribe; return the ``subscribed`` frame (with ``recovered`` if ``since``).
+
+        Missed events sent before it are waiting in :meth:`receive`. Raises
+        :class:`ClientError` if the server refuses.
+        """
+        frame: dict[str, Any] = {"type": "subscribe", "channel": channel}
+        if since is not None:
+            frame["since"] = since
+        if epoch is not None:
+            frame["epoch"] = epoch
+        return await self._request(frame)
+
+    async def resume(self, other: Client) -> list[dict[str, Any]]:
+        """Subscribe to every channel ``other`` followed, from where it stopped.
+
+        For moving to a new connection (another process, after a restart). Returns the
+        ``subscribed`` frames; check their ``recovered``.
+        """
+        return [
+            await self.subscribe(channel, since=offset, epoch=epoch)
+            for channel, (epoch, offset) in other.positions.items()
+        ]
+
+    async def unsubscribe(self, channel: str) -> None:
+        await self._request({"type": "unsubscribe", "channel": channel})
+
+    async def request(self, type: str, data: Any = None, *, timeout: float = 10.0) -> Any:
+        """Send an application message and return the ``data`` of the server's reply."""
+        answer = await self._request({"type": type, "data": data}, timeout=timeout)
+        return answer.get("data")
+
+    async def send(self, type: str, data: Any = None) -> None:
+        """Send an application message without waiting for a reply."""
+        await self.send_raw(json.dumps({"type": type, "data": data}))
+
+    async def send_raw(self, message: str | bytes) -> None:
+        """Send one frame as is (text for ``str``, binary for ``bytes``)."""
+        if self.connection.protocol is None:
+            raise Closed(self.connection.close_code, self.connection.close_reason)
+        await self.connection.write_message(message, binary=isinstance(message, bytes))
+
+    async def _request(self, frame: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+        id = next(self._ids)
+        waiting = self._waiting[id] = asyncio.get_running_loop().create_future()
+        try:
+            await self.send_raw(json.dumps({**frame, "id": id}))
+            answer = await asyncio.wait_for(waiting, timeout)
+        finally:
+            self._waiting.pop(id, None)
+        if answer["type"] == "error":
+            raise ClientError(answer)
+        return answer
+
+    # -- receiving ----------------------------------------------------------------------
+
+    async def receive(self, timeout: float = 5.0) -> dict[str, Any]:
+        """The next frame that answers no request (an event, mostly), in arrival order.
+
+        Raises :class:`TimeoutError` if none arrives in ``timeout`` seconds and
+        :class:`Closed` once the connection is closed and every frame was read.
+        """
+        frame = await asyncio.wait_for(self._frames.get(), timeout)
+        if frame is None:
+            self._frames.put_nowait(None)  # keep saying "closed"
+            raise Closed(self.close_code, self.close_reason)
+        return frame
+
+    async def receive_nothing(self, timeout: float = 0.2) -> bool:
+        """True if no frame arrives within ``timeout`` seconds (a frame that does is kept)."""
+        if not self._frames.empty():
+            return False
+        try:
+            frame = await asyncio.wait_for(self._frames.get(), timeout)
+        except TimeoutError:
+            return True
+        # Put it back in front: rebuild the queue with it first.
+        rest = [frame]
+        while not self._frames.empty():
+            rest.append(self._frames.get_nowait())
+        for item in rest:
+            self._frames.put_nowait(item)
+        return False
+
+    @property
+    def close_code(self) -> int | None:
+        return self.connection.close_code
+
+    @property
+    def close_reason(self) -> str | None:
+        return self.connection.close_reason
+
+    async def wait_closed(self, timeout: float = 5.0) -> int | None:
+        """Wait until the server closes the connection; return its close code."""
+        await asyncio.wait_for(asyncio.shield(self._reader), timeout)
+        return self.close_code
+
+    async def close(self) -> None:
+        """Close the connection and wait until it is closed."""
+        self.connection.close()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._reader), 5.0)
+        except TimeoutError:
+            self._reader.cancel()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def _track(self, frame: dict[str, Any]) -> None:
+        channel, kind = frame.get("channel"), frame.get("type")
+        if not isinstance(channel, str):
+            return
+        if kind == "subscribed":
+            self.positions[channel] = (frame.get("epoch"), frame["offset"])
+        elif kind == "unsubscribed":
+            self.positions.pop(channel, None)
+        elif isinstance(frame.get("offset"), int) and channel in self.positions:
+            self.positions[channel] = (self.positions[channel][0], frame["offset"])
+
+    async def _read(self) -> None:
+        while True:
+            message = await self.connection.read_message()
+            if message is None:
+                break
+            frame = json.loads(message)
+            self._track(frame)
+            id = frame.get("id")
+            waiting = self._waiting.get(id) if isinstance(id, int) else None
+            if waiting is not None and not waiting.done():
+                waiting.set_result(frame)
+                continue
+            self._frames.put_nowait(frame)
+        closed = Closed(self.close_code, self.close_reason)
+        for waiting in self._waiting.values():
+            if not waiting.done():
+                waiting.set_exception(closed)
+        self._frames.put_nowait(None)

@@ -1,0 +1,238 @@
+"""The WebSocket side: :class:`LiveMixin` for your ``WebSocketHandler``, and :class:`LiveHandler`.
+
+One handler instance owns one client's socket. It parses the client's frames, asks
+:meth:`LiveMixin.can_subscribe` before joining a channel, routes application messages to
+``on_<type>`` methods, and sends what the hub hands it without ever waiting on the client.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable
+from functools import partial
+from typing import TYPE_CHECKING, Any, ClassVar, Final
+
+import tornado.web
+import tornado.websocket
+
+from . import protocol
+from .hub import Hub
+from .protocol import Message, ProtocolError, Subscribe
+
+if TYPE_CHECKING:
+    from asyncio import Future
+
+    _Base = tornado.websocket.WebSocketHandler
+else:
+    _Base = object
+
+log = logging.getLogger("tornado_live.handler")
+
+#: Largest client frame accepted, unless the ``websocket_max_message_size`` setting says
+#: otherwise. Larger frames close the connection with code 1009 (message too big).
+MAX_MESSAGE_SIZE: Final = 64 * 1024
+#: Channels one connection may subscribe to at once (setting ``live_max_channels``).
+MAX_CHANNELS: Final = 100
+#: Bytes queued to a client that is not reading before it is disconnected with code 1013
+#: (setting ``live_max_pending``). It reconnects and recovers with ``since``.
+MAX_PENDING: Final = 1024 * 1024
+#: Seconds between pings that find dead peers (setting ``websocket_ping_interval``).
+PING_INTERVAL: Final = 30.0
+
+
+class LiveMixin(_Base):
+    """Adds the tornado_live protocol to a :class:`tornado.websocket.WebSocketHandler`.
+
+    Use it as ``class Live(LiveMixin, WebSocketHandler)`` and route it with the hub::
+
+        (r"/live", Live, {"hub": hub})
+
+    Override :meth:`can_subscribe` to decide who may join which channel (``self.current_user``
+    is available, from Tornado's ``get_current_user``), and define ``on_<type>(self, data)``
+    methods (plain or ``async``) for the messages clients send: ``{"type": "chat", "id": 1,
+    "data": {...}}`` calls ``on_chat(data)``, and its return value comes back as
+    ``{"type": "reply", "id": 1, "data": <return value>}``. Raise
+    :class:`~tornado_live.protocol.ProtocolError` there to answer with an ``error`` instead.
+
+    Cross-origin handshakes are refused (403) as Tornado does, unless the origin is listed
+    in the ``trusted_origins`` application setting. Application settings read here:
+    ``websocket_max_message_size`` (default :data:`MAX_MESSAGE_SIZE`),
+    ``websocket_ping_interval`` (default :data:`PING_INTERVAL`), ``live_max_channels``
+    (default :data:`MAX_CHANNELS`) and ``live_max_pending`` (default :data:`MAX_PENDING`).
+    """
+
+    #: Types that are not application messages: the protocol's own and the names of
+    #: Tornado's ``on_*`` methods, which a client must never be able to call.
+    RESERVED: ClassVar[frozenset[str]] = frozenset()
+
+    hub: Hub
+    _pending: int = 0
+
+    def initialize(self, hub: Hub) -> None:
+        """Called by Tornado with the route's keyword arguments: ``{"hub": hub}``."""
+        self.hub = hub
+        self._pending = 0
+
+    # -- policy hooks ---------------------------------------------------------------------
+
+    def can_subscribe(self, channel: str) -> bool | Awaitable[bool]:
+        """May this client subscribe to ``channel``? Override; may be ``async``.
+
+        Called for every ``subscribe`` frame, after the channel name was validated.
+        Return False to answer ``{"type": "error", "code": "forbidden", ...}``. The default
+        allows every channel.
+        """
+        return True
+
+    # -- Tornado settings ---------------------------------------------------------------
+
+    @property
+    def max_message_size(self) -> int:
+        return int(self.settings.get("websocket_max_message_size", MAX_MESSAGE_SIZE))
+
+    @property
+    def ping_interval(self) -> float | None:
+        value = self.settings.get("websocket_ping_interval", PING_INTERVAL)
+        return None if value is None else float(value)
+
+    # -- Connection (what the hub calls) ------------------------------------------------
+
+    def send(self, frame: bytes) -> None:
+        """Queue one encoded frame for this client; never blocks.
+
+        A client that lets more than ``live_max_pending`` bytes pile up is disconnected
+        with code 1013 so that it cannot hold memory; it recovers on reconnect.
+        """
+        connection = self.ws_connection
+        if connection is None or connection.is_closing():
+            return
+        limit = int(self.settings.get("live_max_pending", MAX_PENDING))
+        if self._pending + len(frame) > limit:
+            log.warning("closing %s: %d bytes unread (limit %d)", self, self._pending, limit)
+            self.close(1013, "too slow: reconnect and recover with since")
+            return
+        try:
+            sent = connection.write_message(frame)
+        except tornado.websocket.WebSocketClosedError:
+            return
+        self._pending += len(frame)
+        sent.add_done_callback(partial(self._sent, len(frame)))
+
+    def _sent(self, size: int, sent: Future[None]) -> None:
+        self._pending -= size
+        if not sent.cancelled():
+            sent.exception()  # a closed socket: nothing to do, but retrieve it
+
+    # -- Tornado events -------------------------------------------------------------------
+
+    async def on_message(self, message: str | bytes) -> None:
+        """Tornado calls this for each client frame, one at a time, in order."""
+        if isinstance(message, bytes):
+            self.send(
+                protocol.error(
+                    "binary_frame", "expected JSON in a text frame; got a binary frame"
+                )
+            )
+            return
+        try:
+            frame = protocol.parse(message)
+            if isinstance(frame, Subscribe):
+                await self._subscribe(frame)
+            elif isinstance(frame, Message):
+                await self._dispatch(frame)
+            else:
+                await self.hub.unsubscribe(self, frame.channel)
+                self.send(protocol.unsubscribed(frame.channel, id=frame.id))
+        except ProtocolError as exc:
+            self.send(exc.frame())
+
+    def on_connection_close(self) -> None:
+        self.hub.leave(self)
+        super().on_connection_close()
+
+    # -- internals ------------------------------------------------------------------------
+
+    async def _subscribe(self, frame: Subscribe) -> None:
+        channel, id = frame.channel, frame.id
+        limit = int(self.settings.get("live_max_channels", MAX_CHANNELS))
+        current = self.hub.subscriptions(self)
+        if channel not in current and len(current) >= limit:
+            raise ProtocolError(
+                "too_many_channels",
+                f"a connection may subscribe to at most {limit} channels; "
+                "unsubscribe from one first",
+                id=id,
+                channel=channel,
+            )
+        allowed = self.can_subscribe(channel)
+        if inspect.isawaitable(allowed):
+            allowed = await allowed
+        if not allowed:
+            raise ProtocolError(
+                "forbidden", f"not allowed to subscribe to {channel!r}", id=id, channel=channel
+            )
+        if self.ws_connection is None:
+            return
+        try:
+            await self.hub.subscribe(
+                self, channel, since=frame.since, epoch=frame.epoch, id=id
+            )
+        except Exception as exc:
+            log.exception("subscribing to %r failed", channel)
+            raise ProtocolError(
+                "unavailable",
+                f"could not subscribe to {channel!r} ({type(exc).__name__}); try again",
+                id=id,
+                channel=channel,
+            ) from exc
+
+    async def _dispatch(self, frame: Message) -> None:
+        method = None if frame.type in self.RESERVED else getattr(self, f"on_{frame.type}", None)
+        if not callable(method):
+            accepted = ", ".join(sorted(self._accepted())) or "none"
+            raise ProtocolError(
+                "unknown_type",
+                f'unknown message type "{frame.type}"; this server accepts subscribe, '
+                f"unsubscribe and application messages: {accepted}",
+                id=frame.id,
+            )
+        try:
+            result = method(frame.data)
+            if inspect.isawaitable(result):
+                result = await result
+            if frame.id is not None or result is not None:
+                self.send(protocol.reply(result, id=frame.id))
+        except ProtocolError as exc:
+            exc.id = frame.id
+            raise
+        except Exception:
+            log.exception("on_%s failed", frame.type)
+            raise ProtocolError(
+                "internal_error",
+                f'the server failed handling "{frame.type}"; the error was logged there',
+                id=frame.id,
+            ) from None
+
+    @classmethod
+    def _accepted(cls) -> set[str]:
+        return {
+            name[3:]
+            for name in dir(cls)
+            if name.startswith("on_") and name[3:] not in cls.RESERVED and protocol.TYPE.fullmatch(name[3:])
+        }
+
+
+LiveMixin.RESERVED = frozenset(
+    name[3:]
+    for klass in (*tornado.websocket.WebSocketHandler.__mro__, LiveMixin)
+    for name in vars(klass)
+    if name.startswith("on_")
+) | {"subscribe", "unsubscribe", *protocol.SERVER_TYPES}
+
+
+class LiveHandler(LiveMixin, tornado.websocket.WebSocketHandler):
+    """A ready-made handler: ``(r"/live", LiveHandler, {"hub": hub})``."""
+
+
+__all__ = ["MAX_CHANNELS", "MAX_MESSAGE_SIZE", "MAX_PENDING", "LiveHandler", "LiveMixin"]

@@ -1,0 +1,205 @@
+"""The hub: one per process, fanning events out to the local connections that want them.
+
+The hub keeps, for each channel, the connections of this process subscribed to it, and
+holds one broker subscription per channel however many connections share it (the first
+local subscriber subscribes, the last one to leave unsubscribes). An event arrives once
+from the broker, its frame was encoded once, and the hub hands those same bytes to every
+connection. A connection only has to offer a non-blocking ``send(frame)``: the hub never
+waits on a client, so a slow one cannot hold up the others.
+
+The hub imports neither Tornado nor Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Hashable
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+from . import protocol
+from .brokers import Broker, History
+from .brokers.memory import MemoryBroker
+from .protocol import Event, Id
+
+log = logging.getLogger("tornado_live.hub")
+
+
+class Connection(Hashable, Protocol):
+    """What the hub needs of a connection: a ``send`` that never blocks."""
+
+    def send(self, frame: bytes) -> None:
+        """Queue one encoded server frame for the client. Must not block or raise."""
+        ...
+
+
+class Hub:
+    """Local fan-out over a broker (a :class:`MemoryBroker` unless one is given).
+
+    ``await hub.publish(channel, type, data)`` from anywhere in the process sends an event
+    to every subscriber of ``channel`` in every process that shares the broker.
+    """
+
+    def __init__(self, broker: Broker | None = None) -> None:
+        self.broker: Broker = MemoryBroker() if broker is None else broker
+        # channel -> connection -> events held back while its subscription is being set up
+        # (None once it is live).
+        self._members: dict[str, dict[Connection, list[Event] | None]] = {}
+        self._channels: dict[Connection, set[str]] = {}
+        self._active: set[str] = set()  # channels this hub holds a broker subscription for
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # -- publishing ---------------------------------------------------------------------
+
+    async def publish(self, channel: str, type: str, data: Any = None) -> Event:
+        """Publish one event; return it with the offset the broker gave it.
+
+        Raises :class:`ValueError` for a bad channel or type, :class:`TypeError` for data
+        that is not JSON-serialisable, and :class:`~tornado_live.brokers.PublishError` when
+        the broker could not take it. In each case nothing was sent.
+        """
+        protocol.check_channel(channel)
+        protocol.check_type(type)
+        return await self.broker.publish(channel, type, protocol.encode_data(data))
+
+    # -- subscriptions ------------------------------------------------------------------
+
+    @property
+    def channels(self) -> frozenset[str]:
+        """The channels at least one local connection is subscribed to."""
+        return frozenset(self._members)
+
+    def subscribers(self, channel: str) -> int:
+        """How many local connections are subscribed to ``channel``."""
+        return len(self._members.get(channel, ()))
+
+    def subscriptions(self, connection: Connection) -> frozenset[str]:
+        """The channels ``connection`` is subscribed to."""
+        return frozenset(self._channels.get(connection, ()))
+
+    async def subscribe(
+        self,
+        connection: Connection,
+        channel: str,
+        *,
+        since: int | None = None,
+        epoch: str | None = None,
+        id: Id = None,
+    ) -> History:
+        """Subscribe ``connection`` to ``channel`` and tell it so.
+
+        The connection is sent, in this order: the events it missed after ``since`` (if
+        given and still in history), the ``subscribed`` frame, then every event published
+        since, with none lost or doubled in between. Raises what the broker raises, in
+        which case the connection is left unsubscribed.
+        """
+        held: list[Event] = []
+        members = self._members.setdefault(channel, {})
+        members[connection] = held
+        self._channels.setdefault(connection, set()).add(channel)
+        try:
+            await self._hold(channel)
+            history = await self.broker.history(channel, since, epoch)
+        except BaseException:
+            if members.get(connection) is held:
+                self._remove(connection, channel)
+                await self._release(channel)
+            raise
+        if self._members.get(channel, {}).get(connection) is not held:
+            return history  # unsubscribed or gone while we waited
+        last = history.offset
+        for event in history.events:
+            connection.send(event.frame)
+        recovered = None if since is None else history.recovered
+        connection.send(protocol.subscribed(channel, last, history.epoch, recovered=recovered, id=id))
+        for event in held:
+            if event.offset > last:
+                connection.send(event.frame)
+                last = event.offset
+        members[connection] = None
+        return history
+
+    async def unsubscribe(self, connection: Connection, channel: str) -> None:
+        """Stop sending ``channel``'s events to ``connection`` (no error if it was not)."""
+        if self._remove(connection, channel):
+            await self._release(channel)
+
+    def leave(self, connection: Connection) -> None:
+        """Forget ``connection`` (it closed): drop all its subscriptions now.
+
+        Broker unsubscriptions that become due run in the background; :meth:`close`
+        waits for them.
+        """
+        for channel in tuple(self._channels.get(connection, ())):
+            if self._remove(connection, channel):
+                task = asyncio.ensure_future(self._release(channel))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        """Wait for pending unsubscriptions, then close the broker."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.broker.close()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _deliver(self, event: Event) -> None:
+        members = self._members.get(event.channel)
+        if not members:
+            return
+        frame = event.frame
+        for connection, held in tuple(members.items()):
+            if held is None:
+                try:
+                    connection.send(frame)
+                except Exception:
+                    log.exception("connection %r failed to take an event", connection)
+            else:
+                held.append(event)
+
+    def _remove(self, connection: Connection, channel: str) -> bool:
+        """Drop one membership; True if the channel has no local subscriber left."""
+        channels = self._channels.get(connection)
+        if channels is None or channel not in channels:
+            return False
+        channels.discard(channel)
+        if not channels:
+            del self._channels[connection]
+        members = self._members[channel]
+        del members[connection]
+        if members:
+            return False
+        del self._members[channel]
+        return True
+
+    async def _hold(self, channel: str) -> None:
+        async with self._lock(channel):
+            if channel not in self._active and channel in self._members:
+                await self.broker.subscribe(channel, self._deliver)
+                self._active.add(channel)
+
+    async def _release(self, channel: str) -> None:
+        async with self._lock(channel):
+            if channel in self._active and channel not in self._members:
+                self._active.discard(channel)
+                await self.broker.unsubscribe(channel, self._deliver)
+
+    @asynccontextmanager
+    async def _lock(self, channel: str) -> AsyncIterator[None]:
+        """A per-channel lock that exists only while someone holds or awaits it."""
+        lock, users = self._locks.get(channel, (None, 0))
+        if lock is None:
+            lock = asyncio.Lock()
+        self._locks[channel] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[channel]
+            if users == 1:
+                del self._locks[channel]
+            else:
+                self._locks[channel] = (lock, users - 1)

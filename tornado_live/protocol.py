@@ -1,0 +1,276 @@
+"""Wire protocol v1: parse client frames, encode server frames. Standard library only.
+
+Every frame is one JSON object in a text frame, and every object has a ``type``.
+Client frames are parsed into :class:`Subscribe`, :class:`Unsubscribe` or
+:class:`Message`; anything else raises :class:`ProtocolError`, whose ``code`` and
+``message`` become the ``error`` frame the client receives.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+VERSION: Final = 1
+
+#: A channel: 1-200 characters of letters, digits and ``_ - . : @``, in
+#: ``/``-separated segments, none of them empty (``users``, ``users/42``).
+CHANNEL: Final = re.compile(r"[A-Za-z0-9_\-.:@]+(?:/[A-Za-z0-9_\-.:@]+)*")
+CHANNEL_MAX: Final = 200
+
+#: A type: a lower-case identifier of at most 64 characters (``updated_user``).
+TYPE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+#: Types the server sends; a client may not send them as application messages.
+SERVER_TYPES: Final = frozenset({"subscribed", "unsubscribed", "reply", "error"})
+
+_ID_MAX: Final = 128
+
+Id = str | int | None
+
+
+class ProtocolError(ValueError):
+    """A frame the protocol does not allow.
+
+    ``code`` is a short machine-readable word, ``message`` a sentence saying what was
+    expected and what arrived. ``id`` and ``channel`` are echoed when the frame had them.
+    """
+
+    def __init__(
+        self, code: str, message: str, *, id: Id = None, channel: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.id = id
+        self.channel = channel
+
+    def frame(self) -> bytes:
+        """The ``error`` frame telling the client about this fault."""
+        return error(self.code, self.message, id=self.id, channel=self.channel)
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """``{"type": "subscribe", "channel": ..., "since": ..., "epoch": ..., "id": ...}``"""
+
+    channel: str
+    since: int | None = None
+    epoch: str | None = None
+    id: Id = None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    """``{"type": "unsubscribe", "channel": ..., "id": ...}``"""
+
+    channel: str
+    id: Id = None
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """An application message: any other type, routed to the handler's ``on_<type>``."""
+
+    type: str
+    data: Any = None
+    id: Id = None
+
+
+Frame = Subscribe | Unsubscribe | Message
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One published event: what the broker carries and every subscriber receives.
+
+    ``data`` is the event's payload already encoded as JSON, and ``frame`` the whole
+    server frame, built once here so that fan-out hands the same bytes to every
+    connection.
+    """
+
+    channel: str
+    type: str
+    offset: int
+    data: bytes
+    frame: bytes = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        frame = b"".join(
+            (
+                b'{"type":',
+                _dumps(self.type),
+                b',"channel":',
+                _dumps(self.channel),
+                b',"offset":',
+                str(self.offset).encode(),
+                b',"data":',
+                self.data,
+                b"}",
+            )
+        )
+        object.__setattr__(self, "frame", frame)
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _describe(value: Any) -> str:
+    """How a wrong value is named in an error message: its JSON type and a short repr."""
+    names = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}
+    names |= {list: "an array", dict: "an object", type(None): "null"}
+    text = json.dumps(value)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return f"{names.get(type(value), type(value).__name__)} ({text})"
+
+
+def check_channel(channel: Any, *, id: Id = None) -> str:
+    """Return ``channel`` if it is a valid channel name, else raise :class:`ProtocolError`."""
+    if not isinstance(channel, str) or len(channel) > CHANNEL_MAX or not CHANNEL.fullmatch(
+        channel
+    ):
+        got = _describe(channel) if channel is not None else "nothing"
+        raise ProtocolError(
+            "invalid_channel",
+            f'"channel" must be a string like "users" or "users/42" (letters, digits, '
+            f"_ - . : @ in /-separated segments, at most {CHANNEL_MAX} characters); "
+            f"got {got}",
+            id=id,
+        )
+    return channel
+
+
+def check_type(type: Any) -> str:
+    """Return ``type`` if it is a valid event or message type, else raise ``ProtocolError``."""
+    if not isinstance(type, str) or not TYPE.fullmatch(type):
+        raise ProtocolError(
+            "invalid_type",
+            '"type" must be a lower-case identifier like "updated_user" '
+            f"(a-z, 0-9, _; at most 64 characters); got {_describe(type)}",
+        )
+    return type
+
+
+def encode_data(data: Any) -> bytes:
+    """Encode an event's or a reply's payload as compact JSON.
+
+    Raises :class:`TypeError` or :class:`ValueError` (with the offending value named)
+    when ``data`` cannot be sent as JSON, so that publishers learn at once.
+    """
+    try:
+        return _dumps(data)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"event data must be JSON-serialisable: {exc}") from exc
+
+
+def parse(text: str | bytes) -> Frame:
+    """Parse one client frame. Raises :class:`ProtocolError` on any fault."""
+    try:
+        value = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(
+            "invalid_json", f"expected a JSON object in a text frame; could not parse it: {exc}"
+        ) from None
+    if not isinstance(value, dict):
+        raise ProtocolError(
+            "invalid_frame",
+            f'expected a JSON object like {{"type": "subscribe", ...}}; got {_describe(value)}',
+        )
+    id = value.get("id")
+    if id is not None and not (
+        (isinstance(id, str) and len(id) <= _ID_MAX)
+        or (isinstance(id, int) and not isinstance(id, bool))
+    ):
+        raise ProtocolError(
+            "invalid_id",
+            f'"id" must be a string of at most {_ID_MAX} characters or an integer; '
+            f"got {_describe(id)}",
+        )
+    if "type" not in value:
+        raise ProtocolError(
+            "missing_type",
+            'every frame needs a "type", e.g. {"type": "subscribe", "channel": "users"}',
+            id=id,
+        )
+    kind = value["type"]
+    try:
+        check_type(kind)
+    except ProtocolError as exc:
+        exc.id = id
+        raise
+    if kind == "subscribe":
+        channel = check_channel(value.get("channel"), id=id)
+        since = value.get("since")
+        if since is not None and (not isinstance(since, int) or isinstance(since, bool) or since < 0):
+            raise ProtocolError(
+                "invalid_since",
+                f'"since" must be a non-negative integer offset; got {_describe(since)}',
+                id=id,
+                channel=channel,
+            )
+        epoch = value.get("epoch")
+        if epoch is not None and (not isinstance(epoch, str) or len(epoch) > _ID_MAX):
+            raise ProtocolError(
+                "invalid_epoch",
+                f'"epoch" must be the string a "subscribed" frame gave; got {_describe(epoch)}',
+                id=id,
+                channel=channel,
+            )
+        return Subscribe(channel, since, epoch, id)
+    if kind == "unsubscribe":
+        return Unsubscribe(check_channel(value.get("channel"), id=id), id)
+    if kind in SERVER_TYPES:
+        raise ProtocolError(
+            "unknown_type", f'"{kind}" is a type the server sends, not one it accepts', id=id
+        )
+    return Message(kind, value.get("data"), id)
+
+
+def encode(frame: dict[str, Any]) -> bytes:
+    """Encode a server frame (a dict with a ``type``) as compact UTF-8 JSON."""
+    return _dumps(frame)
+
+
+def _with(frame: dict[str, Any], id: Id, channel: str | None = None) -> dict[str, Any]:
+    if channel is not None:
+        frame["channel"] = channel
+    if id is not None:
+        frame["id"] = id
+    return frame
+
+
+def error(code: str, message: str, *, id: Id = None, channel: str | None = None) -> bytes:
+    """``{"type": "error", "code": ..., "message": ...}`` (with ``id``/``channel`` if given)."""
+    return encode(_with({"type": "error", "code": code, "message": message}, id, channel))
+
+
+def subscribed(
+    channel: str, offset: int, epoch: str, *, recovered: bool | None = None, id: Id = None
+) -> bytes:
+    """``{"type": "subscribed", "channel": ..., "offset": ..., "epoch": ...}``.
+
+    ``recovered`` is present only when the client asked for recovery with ``since``.
+    """
+    frame: dict[str, Any] = {"type": "subscribed", "channel": channel, "offset": offset}
+    frame["epoch"] = epoch
+    if recovered is not None:
+        frame["recovered"] = recovered
+    return encode(_with(frame, id))
+
+
+def unsubscribed(channel: str, *, id: Id = None) -> bytes:
+    """``{"type": "unsubscribed", "channel": ...}``"""
+    return encode(_with({"type": "unsubscribed", "channel": channel}, id))
+
+
+def reply(data: Any, *, id: Id = None) -> bytes:
+    """``{"type": "reply", "id": ..., "data": ...}``: an application message's answer.
+
+    Raises :class:`TypeError`/:class:`ValueError` if ``data`` is not JSON-serialisable.
+    """
+    head = b'{"type":"reply","id":' + _dumps(id) + b"," if id is not None else b'{"type":"reply",'
+    return head + b'"data":' + encode_data(data) + b"}"
