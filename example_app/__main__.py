@@ -34,6 +34,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 async def serve(options: argparse.Namespace) -> None:
+    # --8<-- [start:bind]
     hub = Hub()
     if options.mongo:
         from pymongo import AsyncMongoClient
@@ -45,6 +46,8 @@ async def serve(options: argparse.Namespace) -> None:
     else:
         User.bind(MemoryCollection(), hub)
         store = "memory"
+    # --8<-- [end:bind]
+    # --8<-- [start:serve]
     sockets = tornado.netutil.bind_sockets(options.port, options.host)
     server = tornado.httpserver.HTTPServer(make_app(hub))
     server.add_sockets(sockets)
@@ -61,6 +64,7 @@ async def serve(options: argparse.Namespace) -> None:
     await hub.close()
     if options.mongo:
         await client.close()
+    # --8<-- [end:serve]
 
 
 def main(argv: Sequence[str] | None = None) -> None:

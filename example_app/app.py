@@ -49,7 +49,9 @@ class JsonHandler(tornado.web.RequestHandler):
     def fields(self, *, required: bool) -> dict[str, str]:
         """The request body's user fields, validated; 400/415 with a clear message if not."""
         if self.request.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
-            raise tornado.web.HTTPError(415, "send the body as JSON with Content-Type: application/json")
+            raise tornado.web.HTTPError(
+                415, "send the body as JSON with Content-Type: application/json"
+            )
         try:
             body = json.loads(self.request.body or b"null")
         except ValueError as exc:
@@ -109,12 +111,14 @@ class UserHandler(JsonHandler):
     async def delete(self, id: str) -> None:
         await (await self.user(id)).delete()  # broadcasts deleted_user
         self.set_status(204)
-# --8<-- [end:rest]
+        # --8<-- [end:rest]
 
 
+# --8<-- [start:page]
 class PageHandler(tornado.web.RequestHandler):
     def get(self) -> None:
         self.render("index.html")
+        # --8<-- [end:page]
 
 
 # --8<-- [start:app]
@@ -131,4 +135,4 @@ def make_app(hub: Hub, **settings: Any) -> tornado.web.Application:
         cross_origin_protection=True,  # refuse cross-site POST/DELETE (Tornado 6.6)
         **settings,
     )
-# --8<-- [end:app]
+    # --8<-- [end:app]

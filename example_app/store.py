@@ -46,7 +46,9 @@ class MemoryCollection:
         self.documents[document["_id"]] = copy.deepcopy(document)
         return Result(inserted_id=document["_id"])
 
-    async def replace_one(self, filter: Mapping[str, Any], replacement: dict[str, Any], /) -> Result:
+    async def replace_one(
+        self, filter: Mapping[str, Any], replacement: dict[str, Any], /
+    ) -> Result:
         for document in self._matches(filter)[:1]:
             stored = copy.deepcopy(replacement)
             stored["_id"] = document["_id"]

@@ -8,6 +8,7 @@ import secrets
 
 from tornado_live import Document, model
 
+
 # --8<-- [start:model]
 @model("user", public=("name", "email"))
 class User(Document):
@@ -15,9 +16,10 @@ class User(Document):
 
     def set_password(self, password: str) -> None:
         self["password_hash"] = hash_password(password)
-# --8<-- [end:model]
+        # --8<-- [end:model]
 
 
+# --8<-- [start:hash]
 _N, _R, _P = 2**14, 8, 1  # scrypt cost: about 16 MiB and a few ms per hash
 
 
@@ -26,6 +28,7 @@ def hash_password(password: str) -> str:
     salt = secrets.token_bytes(16)
     digest = hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P)
     return f"scrypt${salt.hex()}${digest.hex()}"
+    # --8<-- [end:hash]
 
 
 def check_password(password: str, stored: str) -> bool:

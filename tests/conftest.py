@@ -37,7 +37,9 @@ def app(hub: Hub) -> tornado.web.Application:
 
 def start_mongo() -> tuple[subprocess.Popen[str], str]:
     """Start tests/mongo_server.py (mongoeco) under the Python 3.13 venv; return it and its URI."""
-    python = os.environ.get("TORNADO_LIVE_MONGO_PYTHON", str(ROOT / ".venv-mongo" / "bin" / "python"))
+    python = os.environ.get(
+        "TORNADO_LIVE_MONGO_PYTHON", str(ROOT / ".venv-mongo" / "bin" / "python")
+    )
     if not Path(python).exists():
         pytest.fail(
             f"no MongoDB wire server: {python} is missing. Run `make test` (scripts/setup test "

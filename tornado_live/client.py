@@ -125,7 +125,8 @@ class Client:
 
     async def _request(self, frame: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
         id = next(self._ids)
-        waiting = self._waiting[id] = asyncio.get_running_loop().create_future()
+        waiting: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiting[id] = waiting
         try:
             await self.send_raw(json.dumps({**frame, "id": id}))
             answer = await asyncio.wait_for(waiting, timeout)
@@ -143,7 +144,7 @@ class Client:
         Raises :class:`TimeoutError` if none arrives in ``timeout`` seconds and
         :class:`Closed` once the connection is closed and every frame was read.
         """
-        frame = await asyncio.wait_for(self._frames.get(), timeout)
+        frame: dict[str, Any] | None = await asyncio.wait_for(self._frames.get(), timeout)
         if frame is None:
             self._frames.put_nowait(None)  # keep saying "closed"
             raise Closed(self.close_code, self.close_reason)

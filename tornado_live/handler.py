@@ -11,7 +11,7 @@ import inspect
 import logging
 from collections.abc import Awaitable
 from functools import partial
-from typing import TYPE_CHECKING, Any, ClassVar, Final
+from typing import TYPE_CHECKING, ClassVar, Final
 
 import tornado.web
 import tornado.websocket
@@ -110,6 +110,7 @@ class LiveMixin(_Base):
         limit = int(self.settings.get("live_max_pending", MAX_PENDING))
         if self._pending + len(frame) > limit:
             log.warning("closing %s: %d bytes unread (limit %d)", self, self._pending, limit)
+            self.hub.leave(self)  # at once: the close handshake may take a while
             self.close(1013, "too slow: reconnect and recover with since")
             return
         try:
@@ -130,9 +131,7 @@ class LiveMixin(_Base):
         """Tornado calls this for each client frame, one at a time, in order."""
         if isinstance(message, bytes):
             self.send(
-                protocol.error(
-                    "binary_frame", "expected JSON in a text frame; got a binary frame"
-                )
+                protocol.error("binary_frame", "expected JSON in a text frame; got a binary frame")
             )
             return
         try:
@@ -175,9 +174,7 @@ class LiveMixin(_Base):
         if self.ws_connection is None:
             return
         try:
-            await self.hub.subscribe(
-                self, channel, since=frame.since, epoch=frame.epoch, id=id
-            )
+            await self.hub.subscribe(self, channel, since=frame.since, epoch=frame.epoch, id=id)
         except Exception as exc:
             log.exception("subscribing to %r failed", channel)
             raise ProtocolError(
@@ -219,7 +216,9 @@ class LiveMixin(_Base):
         return {
             name[3:]
             for name in dir(cls)
-            if name.startswith("on_") and name[3:] not in cls.RESERVED and protocol.TYPE.fullmatch(name[3:])
+            if name.startswith("on_")
+            and name[3:] not in cls.RESERVED
+            and protocol.TYPE.fullmatch(name[3:])
         }
 
 

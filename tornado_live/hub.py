@@ -113,7 +113,9 @@ class Hub:
         for event in history.events:
             connection.send(event.frame)
         recovered = None if since is None else history.recovered
-        connection.send(protocol.subscribed(channel, last, history.epoch, recovered=recovered, id=id))
+        connection.send(
+            protocol.subscribed(channel, last, history.epoch, recovered=recovered, id=id)
+        )
         for event in held:
             if event.offset > last:
                 connection.send(event.frame)

@@ -56,7 +56,7 @@ class Document:
     collection: ClassVar[Collection | None] = None
     hub: ClassVar[Hub | None] = None
 
-    def __init__(self, **fields: Any) -> None:
+    def __init__(self, /, **fields: Any) -> None:
         self.fields: dict[str, Any] = fields
         self.stored = False  # True once the document is known to be in the collection
 
@@ -119,10 +119,7 @@ class Document:
     def __iter__(self) -> Iterator[str]:
         return iter(self.fields)
 
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.fields.get(key, default)
-
-    def update(self, fields: Mapping[str, Any] = {}, /, **more: Any) -> None:  # noqa: B006
+    def update(self, fields: Mapping[str, Any] = {}, /, **more: Any) -> None:
         """Set several fields at once (``_id`` cannot change)."""
         changes = {**fields, **more}
         if "_id" in changes and self.stored and changes["_id"] != self.id:
@@ -226,6 +223,8 @@ def model(
     document also has ``<channel>/<id>``. Only the ``public`` fields (and ``id``) ever
     appear in events.
     """
+    if not name:
+        raise ValueError('a model needs a name like "user"; got an empty string')
     protocol.check_type(f"updated_{name}")
     channel = protocol.check_channel(f"{name}s" if channel is None else channel)
     fields = (public,) if isinstance(public, str) else tuple(public)

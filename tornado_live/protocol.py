@@ -15,9 +15,10 @@ from typing import Any, Final
 
 VERSION: Final = 1
 
-#: A channel: 1-200 characters of letters, digits and ``_ - . : @``, in
-#: ``/``-separated segments, none of them empty (``users``, ``users/42``).
-CHANNEL: Final = re.compile(r"[A-Za-z0-9_\-.:@]+(?:/[A-Za-z0-9_\-.:@]+)*")
+#: A channel: at most 200 characters of letters, digits and ``_ - . : @``, in
+#: ``/``-separated segments that each start with a letter, digit, ``_`` or ``@``
+#: (``users``, ``users/42``; never ``..``).
+CHANNEL: Final = re.compile(r"[A-Za-z0-9_@][A-Za-z0-9_\-.:@]*(?:/[A-Za-z0-9_@][A-Za-z0-9_\-.:@]*)*")
 CHANNEL_MAX: Final = 200
 
 #: A type: a lower-case identifier of at most 64 characters (``updated_user``).
@@ -130,14 +131,13 @@ def _describe(value: Any) -> str:
 
 def check_channel(channel: Any, *, id: Id = None) -> str:
     """Return ``channel`` if it is a valid channel name, else raise :class:`ProtocolError`."""
-    if not isinstance(channel, str) or len(channel) > CHANNEL_MAX or not CHANNEL.fullmatch(
-        channel
-    ):
+    if not isinstance(channel, str) or len(channel) > CHANNEL_MAX or not CHANNEL.fullmatch(channel):
         got = _describe(channel) if channel is not None else "nothing"
         raise ProtocolError(
             "invalid_channel",
-            f'"channel" must be a string like "users" or "users/42" (letters, digits, '
-            f"_ - . : @ in /-separated segments, at most {CHANNEL_MAX} characters); "
+            f'"channel" must be a string like "users" or "users/42" (letters, digits and '
+            f"_ - . : @ in /-separated segments, each starting with a letter, digit, _ or @; "
+            f"at most {CHANNEL_MAX} characters); "
             f"got {got}",
             id=id,
         )
@@ -205,7 +205,9 @@ def parse(text: str | bytes) -> Frame:
     if kind == "subscribe":
         channel = check_channel(value.get("channel"), id=id)
         since = value.get("since")
-        if since is not None and (not isinstance(since, int) or isinstance(since, bool) or since < 0):
+        if since is not None and (
+            not isinstance(since, int) or isinstance(since, bool) or since < 0
+        ):
             raise ProtocolError(
                 "invalid_since",
                 f'"since" must be a non-negative integer offset; got {_describe(since)}',

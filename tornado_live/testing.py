@@ -44,7 +44,7 @@ def ws_url(base_url: str, path: str = "/live") -> str:
 def io_loop() -> Iterator[IOLoop]:
     """A fresh IOLoop per test, set as asyncio's loop, closed (with its sockets) after."""
     loop = IOLoop(make_current=False)
-    asyncio.set_event_loop(loop.asyncio_loop)  # type: ignore[attr-defined]
+    asyncio.set_event_loop(loop.asyncio_loop)
     yield loop
     asyncio.set_event_loop(None)
     loop.close(all_fds=True)
@@ -52,9 +52,12 @@ def io_loop() -> Iterator[IOLoop]:
 
 @pytest.fixture
 def live_connect(
-    io_loop: IOLoop, base_url: str
+    io_loop: IOLoop, http_server: Any, base_url: str
 ) -> Iterator[Callable[..., Awaitable[Client]]]:
-    """``await live_connect("/live", origin=..., headers=...)``: a client of the test server."""
+    """``await live_connect("/live", origin=..., headers=...)``: a client of the test server.
+
+    Requesting it starts pytest-tornado's ``http_server`` (serving your ``app`` fixture).
+    """
     clients: list[Client] = []
 
     async def connect(path: str = "/live", **options: Any) -> Client:

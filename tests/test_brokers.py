@@ -1,0 +1,238 @@
+"""The broker conformance suite: every Broker implementation must pass all of it.
+
+Brokers are made by ``make_broker(history=..., ttl=...)``; the fixture is parametrized
+over every implementation, so adding one to ``BROKERS`` runs the whole suite against it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Iterator
+
+import pytest
+from tornado.ioloop import IOLoop
+
+from tornado_live.brokers import Broker, from_url
+from tornado_live.brokers.memory import MemoryBroker
+from tornado_live.protocol import Event, encode_data
+
+MakeBroker = Callable[..., Broker]
+
+BROKERS: dict[str, MakeBroker] = {"memory": MemoryBroker}
+
+
+@pytest.fixture(params=sorted(BROKERS))
+def make_broker(request: pytest.FixtureRequest, io_loop: IOLoop) -> Iterator[MakeBroker]:
+    made: list[Broker] = []
+
+    def make(**options: float) -> Broker:
+        broker = BROKERS[request.param](**options)
+        made.append(broker)
+        return broker
+
+    yield make
+
+    async def close() -> None:
+        for broker in made:
+            await broker.close()
+
+    io_loop.run_sync(close)
+
+
+class Inbox:
+    """A subscriber callback that keeps what it is given, and can wait for more."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+        self._arrived = asyncio.Event()
+
+    def __call__(self, event: Event) -> None:
+        self.events.append(event)
+        self._arrived.set()
+
+    async def wait(self, count: int, timeout: float = 5.0) -> list[Event]:
+        async with asyncio.timeout(timeout):
+            while len(self.events) < count:
+                self._arrived.clear()
+                await self._arrived.wait()
+        return self.events
+
+
+async def publish(broker: Broker, channel: str, count: int, start: int = 0) -> list[Event]:
+    return [
+        await broker.publish(channel, "updated_user", encode_data({"n": start + n}))
+        for n in range(count)
+    ]
+
+
+@pytest.mark.gen_test
+async def test_offsets_are_consecutive_per_channel(make_broker: MakeBroker) -> None:
+    broker = make_broker()
+    users = await publish(broker, "users", 3)
+    other = await publish(broker, "users/1", 2)
+    assert [event.offset for event in users] == [1, 2, 3]
+    assert [event.offset for event in other] == [1, 2]
+    assert json.loads(users[2].frame) == {
+        "type": "updated_user",
+        "channel": "users",
+        "offset": 3,
+        "data": {"n": 2},
+    }
+
+
+@pytest.mark.gen_test
+async def test_subscribers_get_every_event_in_order(make_broker: MakeBroker) -> None:
+    broker = make_broker()
+    first, second, elsewhere = Inbox(), Inbox(), Inbox()
+    await broker.subscribe("users", first)
+    await broker.subscribe("users", second)
+    await broker.subscribe("users/1", elsewhere)
+    await publish(broker, "users", 20)
+    for inbox in (first, second):
+        events = await inbox.wait(20)
+        assert [event.offset for event in events] == list(range(1, 21))
+        assert [json.loads(event.data)["n"] for event in events] == list(range(20))
+    assert elsewhere.events == []
+
+
+@pytest.mark.gen_test
+async def test_unsubscribe_stops_delivery(make_broker: MakeBroker) -> None:
+    broker = make_broker()
+    kept, dropped = Inbox(), Inbox()
+    await broker.subscribe("users", kept)
+    await broker.subscribe("users", dropped)
+    await publish(broker, "users", 1)
+    await dropped.wait(1)
+    await broker.unsubscribe("users", dropped)
+    await publish(broker, "users", 2)
+    assert [event.offset for event in await kept.wait(3)] == [1, 2, 3]
+    assert [event.offset for event in dropped.events] == [1]
+    await broker.unsubscribe("users", dropped)  # twice is harmless
+    await broker.unsubscribe("nobody", dropped)
+
+
+@pytest.mark.gen_test
+async def test_history_without_since_is_the_position(make_broker: MakeBroker) -> None:
+    broker = make_broker()
+    empty = await broker.history("users")
+    assert (empty.offset, list(empty.events), empty.recovered) == (0, [], True)
+    await publish(broker, "users", 4)
+    position = await broker.history("users")
+    assert position.offset == 4
+    assert position.epoch == empty.epoch
+    assert list(position.events) == []
+
+
+@pytest.mark.gen_test
+async def test_history_since_returns_exactly_what_was_missed(make_broker: MakeBroker) -> None:
+    broker = make_broker()
+    await publish(broker, "users", 5)
+    epoch = (await broker.history("users")).epoch
+    missed = await broker.history("users", since=2, epoch=epoch)
+    assert missed.recovered
+    assert missed.offset == 5
+    assert [event.offset for event in missed.events] == [3, 4, 5]
+    assert [json.loads(event.data)["n"] for event in missed.events] == [2, 3, 4]
+    assert list((await broker.history("users", since=5, epoch=epoch)).events) == []
+    assert [e.offset for e in (await broker.history("users", since=0)).events] == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.gen_test
+async def test_history_that_no_longer_reaches_back_is_not_recovered(
+    make_broker: MakeBroker,
+) -> None:
+    broker = make_broker(history=3)
+    await publish(broker, "users", 10)
+    assert [e.offset for e in (await broker.history("users", since=7)).events] == [8, 9, 10]
+    lost = await broker.history("users", since=6)
+    assert (lost.recovered, list(lost.events), lost.offset) == (False, [], 10)
+
+
+@pytest.mark.gen_test
+async def test_another_epoch_or_a_future_offset_is_not_recovered(make_broker: MakeBroker) -> None:
+    broker = make_broker()
+    await publish(broker, "users", 2)
+    assert not (await broker.history("users", since=1, epoch="another-life")).recovered
+    assert not (await broker.history("users", since=3)).recovered
+
+
+@pytest.mark.gen_test
+async def test_history_expires_after_ttl(make_broker: MakeBroker) -> None:
+    broker = make_broker(ttl=0.2)
+    await publish(broker, "users", 2)
+    await asyncio.sleep(0.3)
+    await publish(broker, "users", 1)
+    assert [e.offset for e in (await broker.history("users", since=2)).events] == [3]
+    assert not (await broker.history("users", since=1)).recovered
+
+
+@pytest.mark.gen_test
+async def test_a_failing_subscriber_does_not_stop_the_others(make_broker: MakeBroker) -> None:
+    broker = make_broker()
+
+    def broken(event: Event) -> None:
+        raise RuntimeError("subscriber bug")
+
+    inbox = Inbox()
+    await broker.subscribe("users", broken)
+    await broker.subscribe("users", inbox)
+    await publish(broker, "users", 2)
+    assert [event.offset for event in await inbox.wait(2)] == [1, 2]
+
+
+@pytest.mark.gen_test
+async def test_two_hubs_sharing_a_broker_see_the_same_offsets(make_broker: MakeBroker) -> None:
+    # What processes sharing a broker rely on: one offset sequence, seen identically.
+    broker = make_broker()
+    a, b = Inbox(), Inbox()
+    await broker.subscribe("users", a)
+    await broker.subscribe("users", b)
+    await asyncio.gather(publish(broker, "users", 5), publish(broker, "users", 5, start=100))
+    events_a, events_b = await a.wait(10), await b.wait(10)
+    assert [e.offset for e in events_a] == list(range(1, 11))
+    assert [e.frame for e in events_a] == [e.frame for e in events_b]
+
+
+# -- MemoryBroker specifics ----------------------------------------------------------------
+
+
+@pytest.mark.gen_test
+async def test_memory_broker_forgets_idle_channels_with_a_new_epoch() -> None:
+    broker = MemoryBroker(channels=2)
+    inbox = Inbox()
+    await broker.subscribe("kept", inbox)
+    await publish(broker, "kept", 1)
+    await publish(broker, "a", 3)
+    old = await broker.history("a")
+    await publish(broker, "b", 1)  # a third channel: "a" (idle, least recent) is forgotten
+    new = await broker.history("a", since=old.offset, epoch=old.epoch)
+    assert (new.recovered, new.offset) == (False, 0)
+    assert new.epoch != old.epoch
+    # A channel with a subscriber is never forgotten.
+    kept = await broker.history("kept")
+    assert kept.offset == 1
+    await publish(broker, "kept", 1)
+    assert [e.offset for e in await inbox.wait(2)] == [1, 2]
+
+
+def test_memory_broker_rejects_bad_limits() -> None:
+    with pytest.raises(ValueError, match="history must be >= 0"):
+        MemoryBroker(history=-1)
+    with pytest.raises(ValueError, match="ttl must be > 0"):
+        MemoryBroker(ttl=0)
+    with pytest.raises(ValueError, match="channels must be >= 1"):
+        MemoryBroker(channels=0)
+
+
+def test_from_url() -> None:
+    broker = from_url("memory://?history=5&ttl=60")
+    assert isinstance(broker, MemoryBroker)
+    assert (broker.limit, broker.ttl) == (5, 60.0)
+    assert isinstance(from_url("memory://"), MemoryBroker)
+    with pytest.raises(ValueError, match="unknown option"):
+        from_url("memory://?size=5")
+    with pytest.raises(ValueError, match="bad broker URL"):
+        from_url("memory://?history=many")
+    with pytest.raises(ValueError, match="unknown broker URL"):
+        from_url("kafka://localhost")

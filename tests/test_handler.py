@@ -1,0 +1,291 @@
+"""The handler over real sockets: subscribe, messages, policy, limits, and bad input."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import struct
+from typing import Any, ClassVar
+
+import pytest
+import tornado.web
+from tornado.httpclient import HTTPClientError
+from tornado.websocket import WebSocketHandler
+
+from tornado_live import Client, ClientError, Hub, LiveHandler, LiveMixin, ProtocolError
+from tornado_live.testing import ws_url
+
+pytestmark = pytest.mark.gen_test
+
+
+class Live(LiveMixin, WebSocketHandler):
+    """A handler as a user would write one."""
+
+    closed: ClassVar[list[str]] = []
+
+    def get_current_user(self) -> str | None:
+        return self.get_cookie("user")
+
+    def can_subscribe(self, channel: str) -> bool:
+        if channel.startswith("private/"):
+            return self.current_user is not None and channel == f"private/{self.current_user}"
+        return True
+
+    async def on_echo(self, data: Any) -> Any:
+        await asyncio.sleep(0)
+        return data
+
+    def on_add(self, data: dict[str, int]) -> int:
+        return data["a"] + data["b"]
+
+    def on_fail(self, data: Any) -> None:
+        raise RuntimeError("a bug in the application")
+
+    def on_refuse(self, data: Any) -> None:
+        raise ProtocolError("invalid_data", "refuse always refuses")
+
+    def on_forget(self, data: Any) -> None:
+        return None
+
+    def on_close(self) -> None:  # users override on_close; the hub must still be left
+        self.closed.append(str(self.current_user))
+
+
+@pytest.fixture
+def app(hub: Hub) -> tornado.web.Application:
+    return tornado.web.Application(
+        [(r"/live", Live, {"hub": hub}), (r"/plain", LiveHandler, {"hub": hub})],
+        trusted_origins=["https://trusted.example"],
+        live_max_channels=3,
+        live_max_pending=64 * 1024,
+    )
+
+
+async def receive_event(client: Client) -> dict[str, Any]:
+    frame = await client.receive(timeout=5)
+    assert frame["type"] != "error", frame
+    return frame
+
+
+async def test_subscribe_receive_unsubscribe(live_connect: Any, hub: Hub) -> None:
+    client = await live_connect("/live")
+    subscribed = await client.subscribe("users")
+    assert subscribed["offset"] == 0
+    assert isinstance(subscribed["epoch"], str)
+    await hub.publish("users", "updated_user", {"id": "1"})
+    assert await receive_event(client) == {
+        "type": "updated_user",
+        "channel": "users",
+        "offset": 1,
+        "data": {"id": "1"},
+    }
+    await client.unsubscribe("users")
+    await hub.publish("users", "updated_user", {"id": "1"})
+    assert await client.receive_nothing()
+    assert hub.channels == frozenset()
+
+
+async def test_messages_are_routed_and_replied(live_connect: Any) -> None:
+    client = await live_connect("/live")
+    assert await client.request("echo", {"text": "hi"}) == {"text": "hi"}
+    assert await client.request("add", {"a": 2, "b": 3}) == 5
+    assert await client.request("forget") is None  # with an id: a reply, even of None
+    await client.send("forget")  # no id, nothing returned: no reply at all
+    await client.send("add", {"a": 1, "b": 1})  # no id but a value: a reply without id
+    assert await client.receive() == {"type": "reply", "data": 2}
+
+
+async def test_handler_errors_are_answered_and_the_socket_stays(live_connect: Any) -> None:
+    client = await live_connect("/live")
+    with pytest.raises(ClientError) as raised:
+        await client.request("fail")
+    assert raised.value.code == "internal_error"
+    assert "logged" in raised.value.frame["message"]
+    with pytest.raises(ClientError) as raised:
+        await client.request("refuse")
+    assert raised.value.frame == {
+        "type": "error",
+        "code": "invalid_data",
+        "message": "refuse always refuses",
+        "id": raised.value.frame["id"],
+    }
+    assert await client.request("add", {"a": 1, "b": 2}) == 3
+
+
+@pytest.mark.parametrize(
+    "name", ["close", "message", "connection_close", "ping", "pong", "finish", "open_"]
+)
+async def test_tornados_own_hooks_cannot_be_called(live_connect: Any, name: str) -> None:
+    client = await live_connect("/live")
+    with pytest.raises(ClientError) as raised:
+        await client.request(name)
+    assert raised.value.code == "unknown_type"
+    assert "add, echo, fail, forget, refuse" in raised.value.frame["message"]
+    assert await client.request("add", {"a": 1, "b": 2}) == 3
+
+
+BAD_FRAMES: dict[str, tuple[str | bytes, str]] = {
+    "not JSON": ("hello", "invalid_json"),
+    "a JSON array": ("[1, 2, 3]", "invalid_frame"),
+    "a JSON string": ('"subscribe"', "invalid_frame"),
+    "no type": ('{"channel": "users"}', "missing_type"),
+    "an unknown type": ('{"type": "teleport"}', "unknown_type"),
+    "a bad channel": ('{"type": "subscribe", "channel": "../etc"}', "invalid_channel"),
+    "a binary frame": (b"\x00\x01binary", "binary_frame"),
+}
+
+
+@pytest.mark.parametrize("bad", sorted(BAD_FRAMES))
+async def test_bad_frames_get_a_clear_error_and_harm_nobody(
+    live_connect: Any, hub: Hub, bad: str
+) -> None:
+    frame, code = BAD_FRAMES[bad]
+    bystander = await live_connect("/live")
+    await bystander.subscribe("users")
+    client = await live_connect("/live")
+    await client.subscribe("users")
+    await client.send_raw(frame)
+    error = await client.receive()
+    assert error["type"] == "error"
+    assert error["code"] == code
+    assert len(error["message"]) > 20
+    # The connection stays open and working, and nobody lost anything.
+    await hub.publish("users", "updated_user", {"n": 1})
+    assert (await receive_event(client))["offset"] == 1
+    assert (await receive_event(bystander))["offset"] == 1
+    assert await client.request("add", {"a": 1, "b": 1}) == 2
+
+
+async def test_an_oversized_message_closes_with_1009(live_connect: Any, hub: Hub) -> None:
+    bystander = await live_connect("/live")
+    await bystander.subscribe("users")
+    client = await live_connect("/live")
+    await client.send_raw(json.dumps({"type": "echo", "data": "x" * (64 * 1024)}))
+    assert await client.wait_closed() == 1009
+    await hub.publish("users", "updated_user", {"n": 1})
+    assert (await receive_event(bystander))["offset"] == 1
+    # Just under the limit is fine.
+    fits = "x" * (64 * 1024 - 100)
+    assert await bystander.request("echo", fits) == fits
+
+
+async def test_refused_channel(live_connect: Any, hub: Hub) -> None:
+    stranger = await live_connect("/live")
+    with pytest.raises(ClientError) as raised:
+        await stranger.subscribe("private/ada")
+    assert raised.value.frame["code"] == "forbidden"
+    assert raised.value.frame["channel"] == "private/ada"
+    ada = await live_connect("/live", headers={"Cookie": "user=ada"})
+    await ada.subscribe("private/ada")
+    with pytest.raises(ClientError):
+        await ada.subscribe("private/bob")
+    await hub.publish("private/ada", "note", {"text": "for ada"})
+    assert (await receive_event(ada))["data"] == {"text": "for ada"}
+    assert await stranger.receive_nothing()
+
+
+async def test_too_many_channels(live_connect: Any) -> None:
+    client = await live_connect("/live")
+    for n in range(3):
+        await client.subscribe(f"users/{n}")
+    await client.subscribe("users/2")  # again: not a new channel
+    with pytest.raises(ClientError) as raised:
+        await client.subscribe("users/3")
+    assert raised.value.code == "too_many_channels"
+    await client.unsubscribe("users/0")
+    await client.subscribe("users/3")
+
+
+async def test_cross_origin_handshake_is_refused(http_server: Any, base_url: str) -> None:
+    with pytest.raises(HTTPClientError) as raised:
+        await Client.connect(ws_url(base_url, "/live"), origin="https://evil.example")
+    assert raised.value.code == 403
+    trusted = await Client.connect(ws_url(base_url, "/live"), origin="https://trusted.example")
+    same = await Client.connect(ws_url(base_url, "/live"), origin=base_url)
+    for client in (trusted, same):
+        assert (await client.subscribe("users"))["offset"] == 0
+        await client.close()
+
+
+async def test_closing_leaves_the_hub(live_connect: Any, hub: Hub) -> None:
+    Live.closed.clear()
+    client = await live_connect("/live", headers={"Cookie": "user=ada"})
+    await client.subscribe("users")
+    await client.subscribe("users/1")
+    assert hub.channels == {"users", "users/1"}
+    await client.close()
+    async with asyncio.timeout(5):
+        while hub.channels:
+            await asyncio.sleep(0.01)
+    assert Live.closed == ["ada"]
+
+
+async def test_the_ready_made_handler(live_connect: Any, hub: Hub) -> None:
+    client = await live_connect("/plain")
+    await client.subscribe("users")
+    await hub.publish("users", "created_user", {"id": "9"})
+    assert (await receive_event(client))["type"] == "created_user"
+    with pytest.raises(ClientError) as raised:
+        await client.request("echo")
+    assert raised.value.code == "unknown_type"
+    assert "application messages: none" in raised.value.frame["message"]
+
+
+def frame(payload: bytes) -> bytes:
+    """A masked client text frame (RFC 6455 5.2), as a browser would send it."""
+    mask = os.urandom(4)
+    masked = bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+    length = len(payload)
+    header = (
+        struct.pack("!BB", 0x81, 0x80 | length)
+        if length < 126
+        else struct.pack("!BBH", 0x81, 0xFE, length)
+    )
+    return header + mask + masked
+
+
+async def test_a_client_that_stops_reading_is_cut_off_not_waited_for(
+    live_connect: Any, hub: Hub, base_url: str
+) -> None:
+    port = int(base_url.rsplit(":", 1)[1])
+    reader = await live_connect("/live")
+    await reader.subscribe("users")
+    # A raw socket with a tiny receive buffer that subscribes and then never reads.
+    stuck = socket.socket()
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(stuck, ("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    await loop.sock_sendall(
+        stuck,
+        (
+            f"GET /live HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode(),
+    )
+    handshake = b""
+    while b"\r\n\r\n" not in handshake:
+        handshake += await loop.sock_recv(stuck, 1)
+    assert handshake.startswith(b"HTTP/1.1 101")
+    await loop.sock_sendall(stuck, frame(b'{"type":"subscribe","channel":"users"}'))
+    async with asyncio.timeout(5):
+        while hub.subscribers("users") < 2:
+            await asyncio.sleep(0.01)
+    payload = "x" * 16 * 1024
+    sent = 0
+    try:
+        for sent in range(1, 2001):  # at most 32 MiB, far beyond any socket buffer here
+            await hub.publish("users", "updated_user", {"n": sent, "pad": payload})
+            if hub.subscribers("users") == 1:
+                break
+            await asyncio.sleep(0.0005)  # let the IOLoop write, and the reader read
+        assert hub.subscribers("users") == 1, "the stuck client was never cut off"
+        # The reading client got every event, in order.
+        offsets = [(await receive_event(reader))["offset"] for _ in range(sent)]
+        assert offsets == list(range(1, sent + 1))
+    finally:
+        stuck.close()

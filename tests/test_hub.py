@@ -1,0 +1,243 @@
+"""The hub on its own: fan-out, encoding once, reference-counted broker subscriptions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import pytest
+
+from tornado_live import Hub
+from tornado_live.brokers import Deliver, History
+from tornado_live.brokers.memory import MemoryBroker
+
+
+class Connection:
+    """The least a connection is: something with a non-blocking send."""
+
+    def __init__(self) -> None:
+        self.frames: list[bytes] = []
+
+    def send(self, frame: bytes) -> None:
+        self.frames.append(frame)
+
+    def received(self) -> list[dict[str, Any]]:
+        return [json.loads(frame) for frame in self.frames]
+
+    def offsets(self) -> list[int]:
+        return [f["offset"] for f in self.received() if f["type"] != "subscribed"]
+
+
+class CountingBroker(MemoryBroker):
+    """The memory broker, counting subscribe/unsubscribe calls."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.calls: list[tuple[str, str]] = []
+
+    async def subscribe(self, channel: str, deliver: Deliver) -> None:
+        self.calls.append(("subscribe", channel))
+        await super().subscribe(channel, deliver)
+
+    async def unsubscribe(self, channel: str, deliver: Deliver) -> None:
+        self.calls.append(("unsubscribe", channel))
+        await super().unsubscribe(channel, deliver)
+
+
+class SlowHistoryBroker(MemoryBroker):
+    """The memory broker whose history answers only when ``gate`` is set, as a remote
+    broker's would after a round trip; meanwhile events keep flowing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.asked = asyncio.Event()
+
+    async def history(
+        self, channel: str, since: int | None = None, epoch: str | None = None
+    ) -> History:
+        answer = await super().history(channel, since, epoch)
+        self.asked.set()
+        await self.gate.wait()
+        return answer
+
+
+@pytest.mark.gen_test
+async def test_each_event_is_encoded_once_and_shared() -> None:
+    hub = Hub()
+    connections = [Connection() for _ in range(5)]
+    for connection in connections:
+        await hub.subscribe(connection, "users")
+    event = await hub.publish("users", "updated_user", {"id": "1", "name": "Ada"})
+    frames = [connection.frames[-1] for connection in connections]
+    assert all(frame is event.frame for frame in frames)
+    assert json.loads(frames[0]) == {
+        "type": "updated_user",
+        "channel": "users",
+        "offset": 1,
+        "data": {"id": "1", "name": "Ada"},
+    }
+
+
+@pytest.mark.gen_test
+async def test_subscribed_frame_then_only_that_channels_events() -> None:
+    hub = Hub()
+    users, one, nobody = Connection(), Connection(), Connection()
+    await hub.subscribe(users, "users", id=7)
+    await hub.subscribe(one, "users/1")
+    await hub.publish("users", "created_user", {"id": "1"})
+    await hub.publish("users/1", "created_user", {"id": "1"})
+    await hub.publish("users", "created_user", {"id": "2"})
+    first = users.received()[0]
+    assert first == {
+        "type": "subscribed",
+        "channel": "users",
+        "offset": 0,
+        "epoch": first["epoch"],
+        "id": 7,
+    }
+    assert users.offsets() == [1, 2]
+    assert [f["channel"] for f in one.received()] == ["users/1", "users/1"]
+    assert nobody.frames == []
+
+
+@pytest.mark.gen_test
+async def test_broker_subscription_is_reference_counted() -> None:
+    broker = CountingBroker()
+    hub = Hub(broker)
+    a, b = Connection(), Connection()
+    await asyncio.gather(hub.subscribe(a, "users"), hub.subscribe(b, "users"))
+    assert broker.calls == [("subscribe", "users")]
+    await hub.unsubscribe(a, "users")
+    assert broker.calls == [("subscribe", "users")]
+    await hub.publish("users", "updated_user", {})
+    assert b.offsets() == [1]
+    assert a.offsets() == []
+    await hub.unsubscribe(b, "users")
+    assert broker.calls == [("subscribe", "users"), ("unsubscribe", "users")]
+    assert hub.channels == frozenset()
+    await hub.unsubscribe(b, "users")  # not subscribed: nothing happens
+    assert len(broker.calls) == 2
+
+
+@pytest.mark.gen_test
+async def test_leave_drops_everything_a_connection_held() -> None:
+    broker = CountingBroker()
+    hub = Hub(broker)
+    gone, stays = Connection(), Connection()
+    for channel in ("users", "users/1", "users/2"):
+        await hub.subscribe(gone, channel)
+    await hub.subscribe(stays, "users")
+    assert hub.subscriptions(gone) == {"users", "users/1", "users/2"}
+    hub.leave(gone)
+    assert hub.subscriptions(gone) == frozenset()
+    assert hub.channels == {"users"}
+    assert hub.subscribers("users") == 1
+    await hub.close()  # waits for the background unsubscriptions
+    assert sorted(call for call in broker.calls if call[0] == "unsubscribe") == [
+        ("unsubscribe", "users/1"),
+        ("unsubscribe", "users/2"),
+    ]
+    assert hub._members.keys() == {"users"}
+    assert hub._locks == {}
+
+
+@pytest.mark.gen_test
+async def test_events_during_a_slow_subscribe_are_neither_lost_nor_doubled() -> None:
+    broker = SlowHistoryBroker()
+    hub = Hub(broker)
+    await hub.publish("users", "updated_user", {"n": 0})  # offset 1, before
+    connection = Connection()
+    subscribing = asyncio.ensure_future(hub.subscribe(connection, "users"))
+    await broker.asked.wait()  # the position (1) is known; the answer is in flight
+    for n in range(1, 4):
+        await hub.publish("users", "updated_user", {"n": n})  # offsets 2, 3, 4
+    assert connection.frames == []  # held back until "subscribed" is sent
+    broker.gate.set()
+    await subscribing
+    frames = connection.received()
+    assert frames[0]["type"] == "subscribed"
+    assert frames[0]["offset"] == 1
+    assert connection.offsets() == [2, 3, 4]
+    await hub.publish("users", "updated_user", {"n": 4})
+    assert connection.offsets() == [2, 3, 4, 5]
+
+
+@pytest.mark.gen_test
+async def test_recovery_then_subscribed_then_live_in_order() -> None:
+    hub = Hub()
+    for n in range(5):
+        await hub.publish("users", "updated_user", {"n": n})
+    position = await hub.broker.history("users")
+    connection = Connection()
+    await hub.subscribe(connection, "users", since=2, epoch=position.epoch, id="r")
+    await hub.publish("users", "updated_user", {"n": 5})
+    frames = connection.received()
+    assert [f.get("offset") for f in frames] == [3, 4, 5, 5, 6]
+    assert frames[3] == {
+        "type": "subscribed",
+        "channel": "users",
+        "offset": 5,
+        "epoch": position.epoch,
+        "recovered": True,
+        "id": "r",
+    }
+
+
+@pytest.mark.gen_test
+async def test_recovery_beyond_history_says_so() -> None:
+    hub = Hub(MemoryBroker(history=2))
+    for n in range(5):
+        await hub.publish("users", "updated_user", {"n": n})
+    connection = Connection()
+    await hub.subscribe(connection, "users", since=1)
+    assert [f["type"] for f in connection.received()] == ["subscribed"]
+    assert connection.received()[0]["recovered"] is False
+
+
+@pytest.mark.gen_test
+async def test_a_connection_that_leaves_while_subscribing_is_not_kept() -> None:
+    broker = SlowHistoryBroker()
+    hub = Hub(broker)
+    connection = Connection()
+    subscribing = asyncio.ensure_future(hub.subscribe(connection, "users"))
+    await broker.asked.wait()
+    hub.leave(connection)
+    broker.gate.set()
+    await subscribing
+    await asyncio.gather(*hub._tasks)  # the background unsubscription
+    assert connection.frames == []
+    assert hub.channels == frozenset()
+    assert broker._state["users"].subscribers == []
+
+
+@pytest.mark.gen_test
+async def test_a_failing_connection_does_not_stop_fan_out() -> None:
+    class Broken(Connection):
+        def send(self, frame: bytes) -> None:
+            if json.loads(frame)["type"] != "subscribed":
+                raise RuntimeError("socket bug")
+
+    hub = Hub()
+    broken, fine = Broken(), Connection()
+    await hub.subscribe(broken, "users")
+    await hub.subscribe(fine, "users")
+    await hub.publish("users", "updated_user", {})
+    await hub.publish("users", "updated_user", {})
+    assert fine.offsets() == [1, 2]
+
+
+@pytest.mark.gen_test
+async def test_publish_rejects_bad_input_and_sends_nothing() -> None:
+    hub = Hub()
+    connection = Connection()
+    await hub.subscribe(connection, "users")
+    with pytest.raises(ValueError, match="channel"):
+        await hub.publish("no spaces", "updated_user", {})
+    with pytest.raises(ValueError, match="type"):
+        await hub.publish("users", "Updated User", {})
+    with pytest.raises(TypeError, match="JSON-serialisable"):
+        await hub.publish("users", "updated_user", {"when": object()})
+    assert [f["type"] for f in connection.received()] == ["subscribed"]
+    assert (await hub.broker.history("users")).offset == 0
