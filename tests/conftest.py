@@ -93,3 +93,29 @@ def mongo_database() -> str:
 def python() -> str:
     """The interpreter running the tests, for starting the demo as a subprocess."""
     return sys.executable
+
+
+@pytest.fixture
+def demo(request: pytest.FixtureRequest) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``python -m example_app --port 0 [args]`` in a subprocess; yields it and its URL."""
+    args = getattr(request, "param", [])
+    process = subprocess.Popen(
+        [sys.executable, "-m", "example_app", "--port", "0", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if "http://" not in line:
+        process.kill()
+        _, errors = process.communicate(timeout=10)
+        pytest.fail(f"the demo did not start: {line!r} {errors}")
+    url = line.split("http://", 1)[1].split()[0]
+    try:
+        yield process, f"http://{url}".rstrip("/")
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=10)

@@ -7,7 +7,6 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -266,32 +265,6 @@ class TestHistoryExceeded:
 
 
 # -- the demo as a user runs it ------------------------------------------------------------
-
-
-@pytest.fixture
-def demo(request: pytest.FixtureRequest) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """``python -m example_app --port 0 [args]`` in a subprocess; yields it and its URL."""
-    args = getattr(request, "param", [])
-    process = subprocess.Popen(
-        [sys.executable, "-m", "example_app", "--port", "0", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    if "http://" not in line:
-        process.kill()
-        _, errors = process.communicate(timeout=10)
-        pytest.fail(f"the demo did not start: {line!r} {errors}")
-    url = line.split("http://", 1)[1].split()[0]
-    try:
-        yield process, f"http://{url}".rstrip("/")
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=10)
 
 
 async def round_trip(url: str, http_client: AsyncHTTPClient) -> None:

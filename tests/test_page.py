@@ -1,0 +1,116 @@
+"""The demo page in a real headless Chromium: every open page updates itself, no polling."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.fail("no chromium on PATH: `make test` installs Debian's chromium package")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def rest(url: str, method: str = "GET", body: Any = None) -> Any:
+    request = urllib.request.Request(
+        url,
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"} if body is not None else {},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        text = response.read()
+    return json.loads(text) if text else None
+
+
+def open_page(browser: Browser, url: str) -> Page:
+    page = browser.new_page()
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(f"{request.method} {request.url}"))
+    page.goto(url + "/")
+    expect(page.locator("#state")).to_have_text("live", timeout=5000)
+    page.requests = requests  # type: ignore[attr-defined]
+    return page
+
+
+def test_two_pages_stay_in_step_without_polling(
+    browser: Browser, demo: tuple[subprocess.Popen[str], str]
+) -> None:
+    _, url = demo
+    first, second = open_page(browser, url), open_page(browser, url)
+
+    # A user created through the REST API appears on both pages.
+    ada = rest(
+        url + "/users",
+        "POST",
+        {"name": "Ada", "email": "ada@example.com", "password": "analytical"},
+    )
+    for page in (first, second):
+        expect(page.locator(f'li[data-id="{ada["id"]}"] .name')).to_have_text("Ada", timeout=1000)
+
+    # A user created through the first page's form appears on the second.
+    first.fill("input[name=name]", "Grace")
+    first.fill("input[name=email]", "grace@example.com")
+    first.fill("input[name=password]", "compilers")
+    first.click("text=Add user")
+    expect(second.locator("li .name", has_text="Grace")).to_be_visible(timeout=1000)
+
+    # Renaming through the second page's own button shows on the first.
+    second.once("dialog", lambda dialog: dialog.accept("Ada King"))
+    second.locator(f'li[data-id="{ada["id"]}"] >> text=Rename').click()
+    expect(first.locator(f'li[data-id="{ada["id"]}"] .name')).to_have_text("Ada King", timeout=1000)
+
+    # An update and a delete through REST.
+    rest(f"{url}/users/{ada['id']}", "POST", {"email": "king@example.com"})
+    expect(second.locator(f'li[data-id="{ada["id"]}"] .email')).to_have_text(
+        "king@example.com", timeout=1000
+    )
+    rest(f"{url}/users/{ada['id']}", "DELETE")
+    for page in (first, second):
+        expect(page.locator(f'li[data-id="{ada["id"]}"]')).to_have_count(0, timeout=1000)
+        expect(page.locator("li")).to_have_count(1)
+
+    # No polling: each page fetched the list once, when it loaded.
+    for page in (first, second):
+        fetched = [r for r in page.requests if r.startswith("GET ") and r.endswith("/users")]  # type: ignore[attr-defined]
+        assert len(fetched) == 1, fetched
+        page.close()
+
+
+def test_a_bad_form_shows_the_servers_error(
+    browser: Browser, demo: tuple[subprocess.Popen[str], str]
+) -> None:
+    _, url = demo
+    page = open_page(browser, url)
+    page.fill("input[name=name]", "Bob")
+    page.fill("input[name=email]", "bob@example")  # passes the browser's check, not the server's
+    page.fill("input[name=password]", "password1")
+    page.click("text=Add user")
+    expect(page.locator("#error")).to_have_text(
+        "email must be an e-mail address (at most 254 characters)", timeout=2000
+    )
+    expect(page.locator("li")).to_have_count(0)
+    page.close()
