@@ -46,13 +46,13 @@ def rest(url: str, method: str = "GET", body: Any = None) -> Any:
     return json.loads(text) if text else None
 
 
-def open_page(browser: Browser, url: str) -> Page:
+def open_page(browser: Browser, url: str, requests: list[str] | None = None) -> Page:
+    """A new page on the demo, live; ``requests`` collects "METHOD URL" of what it asks."""
     page = browser.new_page()
-    requests: list[str] = []
+    requests = [] if requests is None else requests
     page.on("request", lambda request: requests.append(f"{request.method} {request.url}"))
     page.goto(url + "/")
     expect(page.locator("#state")).to_have_text("live", timeout=5000)
-    page.requests = requests  # type: ignore[attr-defined]
     return page
 
 
@@ -60,7 +60,8 @@ def test_two_pages_stay_in_step_without_polling(
     browser: Browser, demo: tuple[subprocess.Popen[str], str]
 ) -> None:
     _, url = demo
-    first, second = open_page(browser, url), open_page(browser, url)
+    asked: tuple[list[str], list[str]] = ([], [])
+    first, second = open_page(browser, url, asked[0]), open_page(browser, url, asked[1])
 
     # A user created through the REST API appears on both pages.
     ada = rest(
@@ -94,8 +95,8 @@ def test_two_pages_stay_in_step_without_polling(
         expect(page.locator("li")).to_have_count(1)
 
     # No polling: each page fetched the list once, when it loaded.
-    for page in (first, second):
-        fetched = [r for r in page.requests if r.startswith("GET ") and r.endswith("/users")]  # type: ignore[attr-defined]
+    for page, requests in zip((first, second), asked, strict=True):
+        fetched = [r for r in requests if r.startswith("GET ") and r.endswith("/users")]
         assert len(fetched) == 1, fetched
         page.close()
 
