@@ -18,7 +18,7 @@ from .brokers.memory import MemoryBroker
 from .client import Client, ClientError
 from .handler import LiveHandler, LiveMixin
 from .hub import Hub
-from .models import Document, model
+from .models import Document, UnboundError, model
 from .protocol import Event, ProtocolError
 
 __all__ = [
@@ -33,5 +33,6 @@ __all__ = [
     "MemoryBroker",
     "ProtocolError",
     "PublishError",
+    "UnboundError",
     "model",
 ]

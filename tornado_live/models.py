@@ -21,7 +21,7 @@ model declares public, nothing else.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar, Protocol, Self, TypeVar
 
 from . import protocol
@@ -167,19 +167,18 @@ class Document:
         :class:`LookupError` if a stored document was deleted meanwhile.
         """
         collection, hub = self._bound()
+        if not self.stored and self.id is None:
+            self.fields["_id"] = self.new_id()
+        announce = self._announcement("updated" if self.stored else "created", self.public())
         if self.stored:
             result = await collection.replace_one({"_id": self.id}, self.fields)
             _acknowledged(result)
             if result.matched_count == 0:
                 raise LookupError(f"{self.name} {self.id} no longer exists; nothing was saved")
-            kind = "updated"
         else:
-            if self.id is None:
-                self.fields["_id"] = self.new_id()
             _acknowledged(await collection.insert_one(self.fields))
             self.stored = True
-            kind = "created"
-        await self._announce(hub, kind, self.public())
+        await announce(hub)
         return self
 
     async def delete(self) -> bool:
@@ -188,18 +187,42 @@ class Document:
         Returns False (and announces nothing) if it was not in the collection.
         """
         collection, hub = self._bound()
+        if self.id is None:
+            return False  # never saved
+        announce = self._announcement("deleted", {"id": str(self.id)})
         result = await collection.delete_one({"_id": self.id})
         _acknowledged(result)
         self.stored = False
         if result.deleted_count == 0:
             return False
-        await self._announce(hub, "deleted", {"id": str(self.id)})
+        await announce(hub)
         return True
 
-    async def _announce(self, hub: Hub, kind: str, data: dict[str, Any]) -> None:
-        type = f"{kind}_{self.name}"
-        for channel in (self.channel, f"{self.channel}/{self.id}"):
-            await hub.publish(channel, type, data)
+    def _announcement(self, kind: str, data: dict[str, Any]) -> Callable[[Hub], Awaitable[None]]:
+        """Check everything the events need *before* the write, so that a document whose
+        id cannot name a channel, or whose public fields are not JSON, is refused with
+        nothing written and nothing published. Returns what publishes them afterwards."""
+        event = f"{kind}_{self.name}"
+        channels = (self.channel, f"{self.channel}/{self.id}")
+        try:
+            protocol.check_channel(channels[1])
+        except ValueError as exc:
+            raise ValueError(
+                f"{self.name} id {self.id!r} cannot name a channel ({exc}); nothing was written"
+            ) from None
+        try:
+            protocol.encode_data(data)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(
+                f"{self.name} {self.id}: public fields must be JSON-serialisable ({exc}); "
+                "override public() to convert them; nothing was written"
+            ) from None
+
+        async def announce(hub: Hub) -> None:
+            for channel in channels:
+                await hub.publish(channel, event, data)
+
+        return announce
 
 
 def _acknowledged(result: Any) -> None:
