@@ -12,7 +12,7 @@ test:  ## lint, type-check, build the docs and run every test (warnings are erro
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
-	.venv/bin/mkdocs build --strict --quiet --site-dir .tmp/site
+	.venv/bin/mkdocs build --strict --site-dir .tmp/site
 	.venv/bin/pytest $(ARGS)
 
 clean:

@@ -30,6 +30,8 @@ class Live(LiveMixin, WebSocketHandler):
         return self.get_cookie("user")
 
     def can_subscribe(self, channel: str) -> bool:
+        if channel == "broken":
+            raise RuntimeError("a bug in the policy")
         if channel.startswith("private/"):
             return self.current_user is not None and channel == f"private/{self.current_user}"
         return True
@@ -185,6 +187,15 @@ async def test_refused_channel(live_connect: Any, hub: Hub) -> None:
     await hub.publish("private/ada", "note", {"text": "for ada"})
     assert (await receive_event(ada))["data"] == {"text": "for ada"}
     assert await stranger.receive_nothing()
+
+
+async def test_a_failing_policy_is_an_error_not_a_dropped_socket(live_connect: Any) -> None:
+    client = await live_connect("/live")
+    with pytest.raises(ClientError) as raised:
+        await client.subscribe("broken")
+    assert raised.value.code == "internal_error"
+    assert raised.value.frame["channel"] == "broken"
+    assert (await client.subscribe("users"))["offset"] == 0
 
 
 async def test_too_many_channels(live_connect: Any) -> None:

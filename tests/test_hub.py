@@ -190,10 +190,27 @@ async def test_recovery_beyond_history_says_so() -> None:
     hub = Hub(MemoryBroker(history=2))
     for n in range(5):
         await hub.publish("users", "updated_user", {"n": n})
+    epoch = (await hub.broker.history("users")).epoch
+    connection = Connection()
+    await hub.subscribe(connection, "users", since=3, epoch=epoch)
+    assert connection.offsets() == [4, 5]  # still in history: recovered
+    connection = Connection()
+    await hub.subscribe(connection, "users", since=1, epoch=epoch)
+    assert [f["type"] for f in connection.received()] == ["subscribed"]
+    assert connection.received()[0]["recovered"] is False
+
+
+@pytest.mark.gen_test
+async def test_since_without_epoch_is_never_trusted() -> None:
+    # Offsets of another life of the history (a restart) would look valid: refetch instead.
+    hub = Hub()
+    for n in range(3):
+        await hub.publish("users", "updated_user", {"n": n})
     connection = Connection()
     await hub.subscribe(connection, "users", since=1)
     assert [f["type"] for f in connection.received()] == ["subscribed"]
     assert connection.received()[0]["recovered"] is False
+    assert connection.received()[0]["offset"] == 3
 
 
 @pytest.mark.gen_test

@@ -164,9 +164,18 @@ class LiveMixin(_Base):
                 id=id,
                 channel=channel,
             )
-        allowed = self.can_subscribe(channel)
-        if inspect.isawaitable(allowed):
-            allowed = await allowed
+        try:
+            allowed = self.can_subscribe(channel)
+            if inspect.isawaitable(allowed):
+                allowed = await allowed
+        except Exception:
+            log.exception("can_subscribe(%r) failed", channel)
+            raise ProtocolError(
+                "internal_error",
+                f"the server failed deciding on {channel!r}; the error was logged there",
+                id=id,
+                channel=channel,
+            ) from None
         if not allowed:
             raise ProtocolError(
                 "forbidden", f"not allowed to subscribe to {channel!r}", id=id, channel=channel

@@ -91,9 +91,10 @@ class Hub:
         """Subscribe ``connection`` to ``channel`` and tell it so.
 
         The connection is sent, in this order: the events it missed after ``since`` (if
-        given and still in history), the ``subscribed`` frame, then every event published
-        since, with none lost or doubled in between. Raises what the broker raises, in
-        which case the connection is left unsubscribed.
+        given with the ``epoch`` it counts in, and still in history), the ``subscribed``
+        frame, then every event published since, with none lost or doubled in between.
+        ``since`` without ``epoch`` is answered ``recovered: false``. Raises what the
+        broker raises, in which case the connection is left unsubscribed.
         """
         held: list[Event] = []
         members = self._members.setdefault(channel, {})
@@ -101,7 +102,13 @@ class Hub:
         self._channels.setdefault(connection, set()).add(channel)
         try:
             await self._hold(channel)
-            history = await self.broker.history(channel, since, epoch)
+            if since is not None and epoch is None:
+                # Offsets mean nothing without the life of the history they count in: a
+                # client that kept no epoch is told to refetch rather than risk a gap.
+                position = await self.broker.history(channel)
+                history = History(position.epoch, position.offset, recovered=False)
+            else:
+                history = await self.broker.history(channel, since, epoch)
         except BaseException:
             if members.get(connection) is held:
                 self._remove(connection, channel)
