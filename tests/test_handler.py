@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import pytest
 import tornado.web
 from tornado.httpclient import HTTPClientError
-from tornado.websocket import WebSocketHandler
+from tornado.websocket import WebSocketHandler, websocket_connect
 
 from tornado_live import Client, ClientError, Hub, LiveHandler, LiveMixin, ProtocolError
 from tornado_live.testing import ws_url
@@ -300,3 +300,60 @@ async def test_a_client_that_stops_reading_is_cut_off_not_waited_for(
         assert offsets == list(range(1, sent + 1))
     finally:
         stuck.close()
+
+
+class Compressed(LiveHandler):
+    def get_compression_options(self) -> dict[str, Any]:
+        return {}  # permessage-deflate when the client offers it
+
+
+class TestCompression:
+    @pytest.fixture
+    def app(self, hub: Hub) -> tornado.web.Application:
+        return tornado.web.Application([(r"/live", Compressed, {"hub": hub})])
+
+    async def test_events_reach_a_client_that_negotiated_compression(
+        self, http_server: Any, base_url: str, hub: Hub
+    ) -> None:
+        connection = await websocket_connect(ws_url(base_url, "/live"), compression_options={})
+        try:
+            connection.write_message('{"type": "subscribe", "channel": "users"}')
+            subscribed = json.loads(str(await connection.read_message()))
+            assert subscribed["type"] == "subscribed"
+            for n in range(3):
+                await hub.publish("users", "updated_user", {"n": n, "text": "z" * 1000})
+            for n in range(3):
+                event = json.loads(str(await connection.read_message()))
+                assert (event["offset"], event["data"]["n"]) == (n + 1, n)
+            assert connection.protocol is not None
+            assert connection.protocol._compressor is not None  # it really was compressed
+        finally:
+            connection.close()
+
+
+async def test_a_burst_beyond_the_limit_keeps_fast_clients(live_connect: Any, hub: Hub) -> None:
+    # 256 KiB of events published back to back, without the IOLoop running in between:
+    # what the operating system takes is not "pending", so readers are not cut off.
+    clients = [await live_connect("/live") for _ in range(3)]
+    for client in clients:
+        await client.subscribe("users")
+    for n in range(512):
+        await hub.publish("users", "updated_user", {"n": n, "pad": "p" * 480})
+    assert hub.subscribers("users") == 3
+    for client in clients:
+        offsets = [(await client.receive())["offset"] for _ in range(512)]
+        assert offsets == list(range(1, 513))
+
+
+async def test_an_event_larger_than_the_limit_is_replaced_by_an_error(
+    live_connect: Any, hub: Hub
+) -> None:
+    client = await live_connect("/live")
+    await client.subscribe("users")
+    await hub.publish("users", "updated_user", {"pad": "x" * 100 * 1024})
+    error = await client.receive()
+    assert error["type"] == "error"
+    assert error["code"] == "too_big"
+    assert "live_max_pending (65536 bytes)" in error["message"]
+    await hub.publish("users", "updated_user", {"n": 2})
+    assert (await client.receive())["offset"] == 2  # the gap shows the lost event

@@ -7,22 +7,22 @@ One handler instance owns one client's socket. It parses the client's frames, as
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
+import struct
 from collections.abc import Awaitable
-from functools import partial
 from typing import TYPE_CHECKING, ClassVar, Final
 
 import tornado.web
 import tornado.websocket
+from tornado.iostream import StreamBufferFullError, StreamClosedError
 
 from . import protocol
 from .hub import Hub
 from .protocol import Message, ProtocolError, Subscribe
 
 if TYPE_CHECKING:
-    from asyncio import Future
-
     _Base = tornado.websocket.WebSocketHandler
 else:
     _Base = object
@@ -67,12 +67,10 @@ class LiveMixin(_Base):
     RESERVED: ClassVar[frozenset[str]] = frozenset()
 
     hub: Hub
-    _pending: int = 0
 
     def initialize(self, hub: Hub) -> None:
         """Called by Tornado with the route's keyword arguments: ``{"hub": hub}``."""
         self.hub = hub
-        self._pending = 0
 
     # -- policy hooks ---------------------------------------------------------------------
 
@@ -99,31 +97,47 @@ class LiveMixin(_Base):
     # -- Connection (what the hub calls) ------------------------------------------------
 
     def send(self, frame: bytes) -> None:
-        """Queue one encoded frame for this client; never blocks.
+        """Queue one encoded frame for this client; never blocks, never raises.
 
-        A client that lets more than ``live_max_pending`` bytes pile up is disconnected
-        with code 1013 so that it cannot hold memory; it recovers on reconnect.
+        Without compression the WebSocket frame is written straight to the connection's
+        stream (Tornado's ``write_message`` would start an asyncio task per message and
+        client, which costs more than everything else here). The stream's write buffer is
+        capped at ``live_max_pending`` bytes: a client that lets more pile up unread is
+        disconnected with code 1013, so that it holds neither memory nor anyone else up.
+        It recovers what it missed when it reconnects.
         """
         connection = self.ws_connection
         if connection is None or connection.is_closing():
             return
-        limit = int(self.settings.get("live_max_pending", MAX_PENDING))
-        if self._pending + len(frame) > limit:
-            log.warning("closing %s: %d bytes unread (limit %d)", self, self._pending, limit)
+        stream = connection.stream
+        if stream is None:
+            return
+        if stream.max_write_buffer_size is None:
+            stream.max_write_buffer_size = int(self.settings.get("live_max_pending", MAX_PENDING))
+        if len(frame) + 10 > stream.max_write_buffer_size:
+            # It could never be queued, however fast the client reads.
+            log.error("a %d-byte frame exceeds live_max_pending; not sent to %s", len(frame), self)
+            frame = protocol.error(
+                "too_big",
+                f"a {len(frame)}-byte frame was not sent: it exceeds the server's "
+                f"live_max_pending ({stream.max_write_buffer_size} bytes)",
+            )
+        try:
+            if self._plain:
+                stream.write(_header(len(frame)) + frame)
+            else:
+                connection.write_message(frame)
+        except StreamBufferFullError:
+            log.warning("closing %s: more than %d bytes unread", self, stream.max_write_buffer_size)
             self.hub.leave(self)  # at once: the close handshake may take a while
             self.close(1013, "too slow: reconnect and recover with since")
-            return
-        try:
-            sent = connection.write_message(frame)
-        except tornado.websocket.WebSocketClosedError:
-            return
-        self._pending += len(frame)
-        sent.add_done_callback(partial(self._sent, len(frame)))
+        except (StreamClosedError, tornado.websocket.WebSocketClosedError):
+            pass
 
-    def _sent(self, size: int, sent: Future[None]) -> None:
-        self._pending -= size
-        if not sent.cancelled():
-            sent.exception()  # a closed socket: nothing to do, but retrieve it
+    @functools.cached_property
+    def _plain(self) -> bool:
+        """True when frames go out as they are (no permessage-deflate negotiated)."""
+        return self.get_compression_options() is None
 
     # -- Tornado events -------------------------------------------------------------------
 
@@ -237,6 +251,15 @@ LiveMixin.RESERVED = frozenset(
     for name in vars(klass)
     if name.startswith("on_")
 ) | {"subscribe", "unsubscribe", *protocol.SERVER_TYPES}
+
+
+def _header(length: int) -> bytes:
+    """The header of an unmasked, final text frame of ``length`` bytes (RFC 6455 5.2)."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 1 << 16:
+        return struct.pack("!BBH", 0x81, 126, length)
+    return struct.pack("!BBQ", 0x81, 127, length)
 
 
 class LiveHandler(LiveMixin, tornado.websocket.WebSocketHandler):
