@@ -1,11 +1,15 @@
-"""Shared fixtures: the demo app for pytest-tornado, and a real MongoDB wire server."""
+"""Shared fixtures: the demo app for pytest-tornado, a real MongoDB wire server, private Redis."""
 
 from __future__ import annotations
 
 import os
 import selectors
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,3 +123,87 @@ def demo(request: pytest.FixtureRequest) -> Iterator[tuple[subprocess.Popen[str]
         if process.poll() is None:
             process.kill()
         process.communicate(timeout=10)
+
+
+class RedisServer:
+    """A private ``redis-server`` on 127.0.0.1 (never the machine's own on 6379).
+
+    No persistence: stopping it loses everything, as a restart of a cache-only Redis
+    would. ``start()`` again reuses the same port, so clients can reconnect.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port: int = probe.getsockname()[1]
+        assert self.port != 6379
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail(
+                "no redis-server: the Redis tests start their own. Run `make test` "
+                "(scripts/setup test installs Debian's redis-server) or install one "
+                "(apt-get install redis-server) so that it is on PATH."
+            )
+        log = self.directory / "redis.log"
+        self.process = subprocess.Popen(
+            [
+                binary,
+                *("--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--daemonize", "no"),
+                *("--dir", str(self.directory), "--logfile", str(log)),
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and self.process.poll() is None:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as client:
+                    client.sendall(b"PING\r\n")
+                    if client.recv(64).startswith(b"+PONG"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        self.stop()
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        pytest.fail(f"redis-server did not start on port {self.port}:\n{tail}")
+
+    def stop(self) -> None:
+        """Stop it (SIGTERM to our own child; it saves nothing) and reap it."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGCONT)  # in case a test froze it
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a private Redis for the whole session (tests keep apart by key prefix)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis of this test's own, which it may flush, stop and start again."""
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()

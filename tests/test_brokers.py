@@ -2,32 +2,49 @@
 
 Brokers are made by ``make_broker(history=..., ttl=...)``; the fixture is parametrized
 over every implementation, so adding one to ``BROKERS`` runs the whole suite against it.
+All brokers made in one test share their state (one Redis key prefix per test), as
+processes sharing a Redis would; tests never see each other's channels.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import pytest
 from tornado.ioloop import IOLoop
 
 from tornado_live.brokers import Broker, from_url
 from tornado_live.brokers.memory import MemoryBroker
+from tornado_live.brokers.redis import RedisBroker
 from tornado_live.protocol import Event, encode_data
 
 MakeBroker = Callable[..., Broker]
 
-BROKERS: dict[str, MakeBroker] = {"memory": MemoryBroker}
+
+def redis(request: pytest.FixtureRequest) -> MakeBroker:
+    """RedisBrokers over the session's private Redis, under a prefix of this test's own."""
+    url = request.getfixturevalue("redis_server")
+    return partial(RedisBroker, url, prefix=f"test-{uuid.uuid4().hex[:12]}")
+
+
+#: name -> (the test's request -> a factory taking ``history=``/``ttl=``)
+BROKERS: dict[str, Callable[[pytest.FixtureRequest], MakeBroker]] = {
+    "memory": lambda request: MemoryBroker,
+    "redis": redis,
+}
 
 
 @pytest.fixture(params=sorted(BROKERS))
 def make_broker(request: pytest.FixtureRequest, io_loop: IOLoop) -> Iterator[MakeBroker]:
     made: list[Broker] = []
+    factory = BROKERS[request.param](request)
 
     def make(**options: float) -> Broker:
-        broker = BROKERS[request.param](**options)
+        broker = factory(**options)
         made.append(broker)
         return broker
 
@@ -165,6 +182,18 @@ async def test_history_expires_after_ttl(make_broker: MakeBroker) -> None:
     await publish(broker, "users", 1)
     assert [e.offset for e in (await broker.history("users", since=2)).events] == [3]
     assert not (await broker.history("users", since=1)).recovered
+
+
+@pytest.mark.gen_test
+async def test_history_expires_event_by_event(make_broker: MakeBroker) -> None:
+    # The channel stays busy, so its history lives on, but its oldest event is too old.
+    broker = make_broker(ttl=1.0)
+    await publish(broker, "users", 1)
+    await asyncio.sleep(0.6)
+    await publish(broker, "users", 1)
+    await asyncio.sleep(0.6)
+    assert not (await broker.history("users", since=0)).recovered
+    assert [e.offset for e in (await broker.history("users", since=1)).events] == [2]
 
 
 @pytest.mark.gen_test

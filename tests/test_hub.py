@@ -18,9 +18,13 @@ class Connection:
 
     def __init__(self) -> None:
         self.frames: list[bytes] = []
+        self.resets: list[str] = []
 
     def send(self, frame: bytes) -> None:
         self.frames.append(frame)
+
+    def reset(self, reason: str) -> None:
+        self.resets.append(reason)
 
     def received(self) -> list[dict[str, Any]]:
         return [json.loads(frame) for frame in self.frames]
@@ -258,3 +262,16 @@ async def test_publish_rejects_bad_input_and_sends_nothing() -> None:
         await hub.publish("users", "updated_user", {"when": object()})
     assert [f["type"] for f in connection.received()] == ["subscribed"]
     assert (await hub.broker.history("users")).offset == 0
+
+
+@pytest.mark.gen_test
+async def test_a_brokers_gap_resets_that_channels_connections_only() -> None:
+    hub = Hub()
+    lost, other, both = Connection(), Connection(), Connection()
+    await hub.subscribe(lost, "users")
+    await hub.subscribe(other, "orders")
+    await hub.subscribe(both, "users")
+    await hub.subscribe(both, "orders")
+    hub.broker.on_gap("users", History("new-life", 0, recovered=False))  # as a broker does
+    assert lost.resets == both.resets == ["events on users were lost; resubscribe"]
+    assert other.resets == []

@@ -134,6 +134,13 @@ class LiveMixin(_Base):
         except (StreamClosedError, tornado.websocket.WebSocketClosedError):
             pass
 
+    def reset(self, reason: str) -> None:
+        """Close with code 1012 (service restart): events this client subscribed to were
+        lost, so it must reconnect, and will be told ``recovered: false``."""
+        self.hub.leave(self)
+        if self.ws_connection is not None:
+            self.close(1012, reason)
+
     @functools.cached_property
     def _plain(self) -> bool:
         """True when frames go out as they are (no permessage-deflate negotiated)."""

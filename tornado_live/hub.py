@@ -33,6 +33,11 @@ class Connection(Hashable, Protocol):
         """Queue one encoded server frame for the client. Must not block or raise."""
         ...
 
+    def reset(self, reason: str) -> None:
+        """Events it subscribed to were lost: disconnect the client, so that it reconnects,
+        resubscribes with ``since`` and is told ``recovered: false`` (and refetches)."""
+        ...
+
 
 class Hub:
     """Local fan-out over a broker (a :class:`MemoryBroker` unless one is given).
@@ -50,6 +55,7 @@ class Hub:
         self._active: set[str] = set()  # channels this hub holds a broker subscription for
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self.broker.on_gap = self._gap
 
     # -- publishing ---------------------------------------------------------------------
 
@@ -168,6 +174,17 @@ class Hub:
                     log.exception("connection %r failed to take an event", connection)
             else:
                 held.append(event)
+
+    def _gap(self, channel: str, position: History) -> None:
+        """The broker lost events of ``channel``: every local subscriber must start over."""
+        members = self._members.get(channel, {})
+        if members:
+            log.warning("events on %r were lost; resetting %d connection(s)", channel, len(members))
+        for connection in tuple(members):
+            try:
+                connection.reset(f"events on {channel[:60]} were lost; resubscribe")
+            except Exception:
+                log.exception("connection %r failed to reset", connection)
 
     def _remove(self, connection: Connection, channel: str) -> bool:
         """Drop one membership; True if the channel has no local subscriber left."""

@@ -23,13 +23,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from ..protocol import Event
 
 Deliver = Callable[[Event], None]
 """A subscriber callback. It must not block: it is called once per event, in order."""
+
+Gap = Callable[[str, "History"], None]
+"""``on_gap(channel, position)``: events on ``channel`` were lost for good for this broker's
+subscribers (Redis came back empty, say); delivery resumes after ``position``, a
+:class:`History` with ``recovered=False``."""
 
 
 class PublishError(Exception):
@@ -54,6 +59,10 @@ class History:
 
 class Broker(Protocol):
     """What the hub needs from a broker. See the module docstring for the contract."""
+
+    #: Called when a broker had to skip events it could not deliver; the hub sets it and
+    #: then disconnects the channel's connections, so that they recover or refetch.
+    on_gap: Gap
 
     async def publish(self, channel: str, type: str, data: bytes) -> Event:
         """Store and deliver one event; ``data`` is its JSON-encoded payload."""
@@ -83,6 +92,10 @@ def from_url(url: str) -> Broker:
 
     ``memory://`` (optionally ``memory://?history=1000&ttl=300``) gives a
     :class:`~tornado_live.brokers.memory.MemoryBroker` for one process.
+    ``redis://host:6379/0`` (or ``rediss://`` for TLS) gives a
+    :class:`~tornado_live.brokers.redis.RedisBroker` shared by every process using the same
+    Redis; it takes the options ``history``, ``ttl``, ``retention``, ``prefix`` and
+    ``timeout`` (``redis://localhost:6379/0?history=500&prefix=myapp``).
     """
     parts = urlsplit(url)
     options = {key: values[-1] for key, values in parse_qs(parts.query).items()}
@@ -103,7 +116,32 @@ def from_url(url: str) -> Broker:
             )
         except ValueError as exc:
             raise ValueError(f"bad broker URL {url!r}: {exc}") from None
-    raise ValueError(f"unknown broker URL {url!r}: expected memory://")
+    if parts.scheme in ("redis", "rediss"):
+        kinds: dict[str, Callable[[str], object]] = {
+            "history": int,
+            "ttl": float,
+            "retention": float,
+            "prefix": str,
+            "timeout": float,
+        }
+        unknown = sorted(set(options) - set(kinds))
+        if unknown:
+            raise ValueError(
+                f"bad broker URL {url!r}: unknown option(s) {', '.join(unknown)}; "
+                f"{parts.scheme}:// takes {', '.join(kinds)}"
+            )
+        try:
+            from .redis import RedisBroker
+        except ImportError as exc:
+            raise ImportError(
+                f"the broker URL {url!r} needs the redis package: pip install 'tornado_live[redis]'"
+            ) from exc
+        try:
+            values: dict[str, Any] = {key: kinds[key](value) for key, value in options.items()}
+            return RedisBroker(parts._replace(query="").geturl(), **values)
+        except ValueError as exc:
+            raise ValueError(f"bad broker URL {url!r}: {exc}") from None
+    raise ValueError(f"unknown broker URL {url!r}: expected memory://, redis:// or rediss://")
 
 
-__all__ = ["Broker", "Deliver", "History", "PublishError", "from_url"]
+__all__ = ["Broker", "Deliver", "Gap", "History", "PublishError", "from_url"]

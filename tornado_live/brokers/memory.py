@@ -9,7 +9,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from ..protocol import Event
-from . import Deliver, History
+from . import Deliver, Gap, History
 
 log = logging.getLogger("tornado_live.brokers")
 
@@ -54,6 +54,7 @@ class MemoryBroker:
         self._epoch = secrets.token_hex(8)
         self._evictions = 0
         self._state: OrderedDict[str, _Channel] = OrderedDict()
+        self.on_gap: Gap = _never  # in one process, nothing is ever skipped
 
     def _channel(self, name: str) -> _Channel:
         state = self._state.get(name)
@@ -117,3 +118,7 @@ class MemoryBroker:
 
     async def close(self) -> None:
         self._state.clear()
+
+
+def _never(channel: str, position: History) -> None:
+    """The memory broker's ``on_gap``: never called, as it never loses an event."""
