@@ -30,12 +30,25 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="store users in MongoDB at URL (e.g. mongodb://127.0.0.1:27017/demo) "
         "instead of in memory",
     )
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="share events with every process using the same Redis (e.g. "
+        "redis://127.0.0.1:6379/0) instead of keeping them in this process",
+    )
     return parser.parse_args(argv)
 
 
 async def serve(options: argparse.Namespace) -> None:
     # --8<-- [start:bind]
-    hub = Hub()
+    if options.redis:
+        from tornado_live.brokers.redis import RedisBroker
+
+        hub = Hub(RedisBroker(options.redis))
+        broker = f"Redis at {options.redis}"
+    else:
+        hub = Hub()
+        broker = "memory"
     if options.mongo:
         from pymongo import AsyncMongoClient
 
@@ -53,7 +66,11 @@ async def serve(options: argparse.Namespace) -> None:
     server.add_sockets(sockets)
     host, port = sockets[0].getsockname()[:2]
     host = f"[{host}]" if ":" in host else host
-    print(f"tornado_live demo: http://{host}:{port}/ (store: {store}; Ctrl-C stops)", flush=True)
+    print(
+        f"tornado_live demo: http://{host}:{port}/ "
+        f"(store: {store}; broker: {broker}; Ctrl-C stops)",
+        flush=True,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

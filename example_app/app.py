@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
 import tornado.web
 
-from tornado_live import Hub, LiveHandler
+from tornado_live import Hub, LiveHandler, PublishError
 
 from .users import User
 
@@ -45,6 +46,16 @@ class JsonHandler(tornado.web.RequestHandler):
         error = kwargs.get("exc_info", (None, None))[1]
         message = getattr(error, "log_message", None) or self._reason
         self.write_json({"error": message})
+
+    async def announced(self, change: Awaitable[object]) -> None:
+        """Await a save or delete; if the broker could not take its event (Redis down),
+        answer 503 saying so: the write stands, but live pages were not told."""
+        try:
+            await change
+        except PublishError as exc:
+            raise tornado.web.HTTPError(
+                503, f"saved, but the change was not announced to live pages: {exc}"
+            ) from exc
 
     def fields(self, *, required: bool) -> dict[str, str]:
         """The request body's user fields, validated; 400/415 with a clear message if not."""
@@ -88,7 +99,7 @@ class UsersHandler(JsonHandler):
         fields = self.fields(required=True)
         user = User(name=fields["name"], email=fields["email"])
         user.set_password(fields["password"])
-        await user.save()  # broadcasts created_user to "users" and "users/<id>"
+        await self.announced(user.save())  # broadcasts created_user to users, users/<id>
         self.set_status(201)
         self.set_header("Location", f"/users/{user.id}")
         self.write_json(user.public())
@@ -105,11 +116,11 @@ class UserHandler(JsonHandler):
         if "password" in fields:
             user.set_password(fields.pop("password"))
         user.update(fields)
-        await user.save()  # broadcasts updated_user
+        await self.announced(user.save())  # broadcasts updated_user
         self.write_json(user.public())
 
     async def delete(self, id: str) -> None:
-        await (await self.user(id)).delete()  # broadcasts deleted_user
+        await self.announced((await self.user(id)).delete())  # broadcasts deleted_user
         self.set_status(204)
         # --8<-- [end:rest]
 

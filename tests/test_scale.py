@@ -1,0 +1,209 @@
+"""Several real server processes behind one Redis behave like one.
+
+Three ``python -m example_app --mongo ... --redis ...`` subprocesses share a MongoDB wire
+server (so a user saved through one exists for all) and a private Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import RedisServer
+from tornado.httpclient import AsyncHTTPClient
+
+from tornado_live import Client
+from tornado_live.client import Closed
+from tornado_live.testing import ws_url
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start(mongo: str, redis: str) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "example_app", "--port", "0", "--mongo", mongo, "--redis", redis],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if "http://" not in line:
+        process.kill()
+        process.communicate(timeout=10)
+        pytest.fail(f"a server did not start: {line!r}")
+    return process, "http://" + line.split("http://", 1)[1].split()[0].rstrip("/")
+
+
+@pytest.fixture
+def servers(mongo_server: str, private_redis: RedisServer) -> Iterator[list[str]]:
+    """The URLs of three server processes sharing one database and one Redis."""
+    mongo = mongo_server.replace("/?", f"/scale_{uuid.uuid4().hex[:8]}?")
+    started = [start(mongo, private_redis.url) for _ in range(3)]
+    try:
+        yield [url for _, url in started]
+    finally:
+        for process, _ in started:
+            process.send_signal(signal.SIGTERM)
+        for process, _ in started:
+            try:
+                process.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.communicate(timeout=10)
+
+
+async def rest(url: str, method: str = "GET", body: Any = None) -> Any:
+    response = await AsyncHTTPClient().fetch(
+        url,
+        method=method,
+        body=None if body is None else json.dumps(body),
+        headers={"Content-Type": "application/json"},
+        raise_error=False,
+        request_timeout=10,
+    )
+    return response.code, json.loads(response.body) if response.body else None
+
+
+async def drain(client: Client, count: int) -> list[dict[str, Any]]:
+    return [await client.receive(timeout=10) for _ in range(count)]
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_every_client_of_every_process_gets_every_event_once_in_order(
+    servers: list[str],
+) -> None:
+    clients = [await Client.connect(ws_url(url, "/live")) for url in servers for _ in range(3)]
+    try:
+        for client in clients:
+            await client.subscribe("users")
+        # A burst of saves in all three processes at once: 3 creates, then 8 updates each.
+        created = await asyncio.gather(
+            *(
+                rest(
+                    f"{url}/users",
+                    "POST",
+                    {"name": f"u{n}", "email": f"u{n}@example.com", "password": "password"},
+                )
+                for n, url in enumerate(servers)
+            )
+        )
+        ids = [user["id"] for code, user in created if code == 201]
+        assert len(ids) == 3
+        answers = await asyncio.gather(
+            *(
+                rest(f"{servers[(n + k) % 3]}/users/{ids[n]}", "POST", {"name": f"u{n}-{k}"})
+                for n in range(3)
+                for k in range(8)
+            )
+        )
+        assert [code for code, _ in answers] == [200] * 24
+        sequences = [await drain(client, 27) for client in clients]
+        for sequence in sequences:
+            assert [event["offset"] for event in sequence] == list(range(1, 28))
+            assert sequence == sequences[0]  # the same events, in the same order, everywhere
+        assert sorted(e["type"] for e in sequences[0]).count("created_user") == 3
+        for client in clients:
+            assert await client.receive_nothing()
+    finally:
+        await asyncio.gather(*(client.close() for client in clients))
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_client_resumes_on_another_process_with_exactly_what_it_missed(
+    servers: list[str],
+) -> None:
+    first = await Client.connect(ws_url(servers[0], "/live"))
+    await first.subscribe("users")
+    code, ada = await rest(
+        f"{servers[0]}/users",
+        "POST",
+        {"name": "Ada", "email": "ada@example.com", "password": "password"},
+    )
+    assert code == 201
+    assert (await first.receive())["offset"] == 1
+    await first.close()
+    for n, url in enumerate(servers):
+        assert (await rest(f"{url}/users/{ada['id']}", "POST", {"name": f"Ada {n}"}))[0] == 200
+    second = await Client.connect(ws_url(servers[2], "/live"))
+    try:
+        (resumed,) = await second.resume(first)
+        missed = await drain(second, 3)
+        assert [(e["offset"], e["data"]["name"]) for e in missed] == [
+            (2, "Ada 0"),
+            (3, "Ada 1"),
+            (4, "Ada 2"),
+        ]
+        assert (resumed["recovered"], resumed["offset"]) == (True, 4)
+        assert await second.receive_nothing()
+    finally:
+        await second.close()
+
+
+async def offsets_until_closed(client: Client) -> list[int]:
+    """The offsets of every event the client receives until the server closes it."""
+    offsets: list[int] = []
+    async with asyncio.timeout(30):
+        while True:
+            try:
+                offsets.append((await client.receive(timeout=15))["offset"])
+            except Closed:
+                return offsets
+
+
+@pytest.mark.gen_test(timeout=90)
+async def test_redis_stopped_mid_stream_then_back(
+    servers: list[str], private_redis: RedisServer
+) -> None:
+    clients = [await Client.connect(ws_url(url, "/live")) for url in servers]
+    for client in clients:
+        await client.subscribe("users")
+    code, ada = await rest(
+        f"{servers[0]}/users",
+        "POST",
+        {"name": "Ada", "email": "ada@example.com", "password": "password"},
+    )
+    assert code == 201
+    results: list[int] = []
+    for n in range(12):
+        if n == 4:
+            private_redis.stop()
+        if n == 8:
+            private_redis.start()  # empty: it kept nothing
+            await asyncio.sleep(0.5)
+        code, body = await rest(f"{servers[n % 3]}/users/{ada['id']}", "POST", {"name": f"Ada {n}"})
+        results.append(code)
+        if code != 200:  # the error is reported, not swallowed
+            assert code == 503
+            assert body["error"].startswith("saved, but the change was not announced"), body
+    # The servers kept running through it all.
+    for url in servers:
+        assert (await rest(f"{url}/users"))[0] == 200
+    assert results == [200] * 4 + [503] * 4 + [200] * 4
+    # Every client saw the events of the first life of the history, without a gap, and
+    # was then disconnected (1012) because Redis lost what came after...
+    for client in clients:
+        offsets = await offsets_until_closed(client)
+        assert offsets == [1, 2, 3, 4, 5]
+        assert client.close_code == 1012
+    # ...and resuming, on any process, says plainly that it must refetch.
+    for n, client in enumerate(clients):
+        again = await Client.connect(ws_url(servers[(n + 1) % 3], "/live"))
+        try:
+            (resumed,) = await again.resume(client)
+            assert resumed["recovered"] is False
+            assert resumed["offset"] == 4  # the new life: the four saves after the restart
+            assert await again.receive_nothing()
+        finally:
+            await again.close()
+    for client in clients:
+        await client.close()
