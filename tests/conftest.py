@@ -9,9 +9,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -99,30 +101,55 @@ def python() -> str:
     return sys.executable
 
 
-@pytest.fixture
-def demo(request: pytest.FixtureRequest) -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """``python -m example_app --port 0 [args]`` in a subprocess; yields it and its URL."""
-    args = getattr(request, "param", [])
-    process = subprocess.Popen(
-        [sys.executable, "-m", "example_app", "--port", "0", *args],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    if "http://" not in line:
-        process.kill()
-        _, errors = process.communicate(timeout=10)
-        pytest.fail(f"the demo did not start: {line!r} {errors}")
-    url = line.split("http://", 1)[1].split()[0]
-    try:
-        yield process, f"http://{url}".rstrip("/")
-    finally:
-        if process.poll() is None:
+@dataclass
+class Demo:
+    """``python -m example_app`` running as a subprocess, as a user runs it."""
+
+    process: subprocess.Popen[str]
+    url: str  # http://127.0.0.1:<port>, from the line it printed
+    banner: str  # that line
+
+    def stop(self) -> int:
+        """SIGTERM (what a process manager sends), then reap it; its exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.communicate(timeout=10)
+        return self.process.returncode
+
+
+def start_demo(*args: str) -> Demo:
+    """Start ``python -m example_app --port 0 *args`` and wait for the URL it prints."""
+    # stderr to a file, not a pipe: a chatty server never blocks (the child keeps its copy).
+    with tempfile.TemporaryFile() as errors:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "example_app", "--port", "0", *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+        )
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        if "http://" not in banner:
             process.kill()
-        process.communicate(timeout=10)
+            process.communicate(timeout=10)
+            errors.seek(0)
+            pytest.fail(f"the demo did not start: {banner!r} {errors.read().decode()[-2000:]}")
+    return Demo(process, "http://" + banner.split("http://", 1)[1].split()[0].rstrip("/"), banner)
+
+
+@pytest.fixture
+def demo(request: pytest.FixtureRequest) -> Iterator[Demo]:
+    """The demo in a subprocess (arguments from indirect parametrization), stopped after."""
+    started = start_demo(*getattr(request, "param", []))
+    try:
+        yield started
+    finally:
+        started.stop()
 
 
 class RedisServer:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import tornado.web
+from conftest import Demo, start_demo
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from tornado.ioloop import IOLoop
 
@@ -284,44 +282,23 @@ async def round_trip(url: str, http_client: AsyncHTTPClient) -> None:
 
 @pytest.mark.gen_test(timeout=30)
 async def test_the_demo_command_serves_and_stops_cleanly(
-    demo: tuple[subprocess.Popen[str], str], http_client: AsyncHTTPClient
+    demo: Demo, http_client: AsyncHTTPClient
 ) -> None:
-    process, url = demo
-    assert url.startswith("http://127.0.0.1:")
-    await round_trip(url, http_client)
-    process.send_signal(signal.SIGTERM)
-    async with asyncio.timeout(10):
-        while process.poll() is None:
-            await asyncio.sleep(0.05)
-    assert process.returncode == 0
+    assert demo.url.startswith("http://127.0.0.1:")
+    assert "store: memory; broker: memory" in demo.banner
+    await round_trip(demo.url, http_client)
+    assert demo.stop() == 0
 
 
 def test_the_demo_stores_in_mongodb(mongo_server: str, io_loop: IOLoop) -> None:
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "example_app",
-            "--port",
-            "0",
-            "--mongo",
-            mongo_server.replace("/?", "/demo_db?"),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    demo = start_demo("--mongo", mongo_server.replace("/?", "/demo_db?"))
     try:
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        assert "store: MongoDB" in line, line
-        url = "http://" + line.split("http://", 1)[1].split()[0].rstrip("/")
+        assert "store: MongoDB" in demo.banner
 
         async def check() -> None:
             from pymongo import AsyncMongoClient
 
-            await round_trip(url, AsyncHTTPClient())
+            await round_trip(demo.url, AsyncHTTPClient())
             mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_server)
             try:
                 stored = await mongo["demo_db"]["users"].find_one({"email": ADA["email"]})
@@ -332,9 +309,8 @@ def test_the_demo_stores_in_mongodb(mongo_server: str, io_loop: IOLoop) -> None:
 
         io_loop.run_sync(check, timeout=30)
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.communicate(timeout=10)
-    assert process.returncode == 0
+        code = demo.stop()
+    assert code == 0
 
 
 def test_the_demo_help(python: str) -> None:

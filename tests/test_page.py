@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import Demo
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 CHROMIUM_ARGS = [
@@ -56,10 +56,8 @@ def open_page(browser: Browser, url: str, requests: list[str] | None = None) -> 
     return page
 
 
-def test_two_pages_stay_in_step_without_polling(
-    browser: Browser, demo: tuple[subprocess.Popen[str], str]
-) -> None:
-    _, url = demo
+def test_two_pages_stay_in_step_without_polling(browser: Browser, demo: Demo) -> None:
+    url = demo.url
     asked: tuple[list[str], list[str]] = ([], [])
     first, second = open_page(browser, url, asked[0]), open_page(browser, url, asked[1])
 
@@ -101,10 +99,8 @@ def test_two_pages_stay_in_step_without_polling(
         page.close()
 
 
-def test_a_bad_form_shows_the_servers_error(
-    browser: Browser, demo: tuple[subprocess.Popen[str], str]
-) -> None:
-    _, url = demo
+def test_a_bad_form_shows_the_servers_error(browser: Browser, demo: Demo) -> None:
+    url = demo.url
     page = open_page(browser, url)
     page.fill("input[name=name]", "Bob")
     page.fill("input[name=email]", "bob@example")  # passes the browser's check, not the server's

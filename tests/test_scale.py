@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RedisServer
+from conftest import RedisServer, start_demo
 from tornado.httpclient import AsyncHTTPClient
 
 from tornado_live import Client
@@ -27,39 +24,16 @@ from tornado_live.testing import ws_url
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start(mongo: str, redis: str) -> tuple[subprocess.Popen[str], str]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "example_app", "--port", "0", "--mongo", mongo, "--redis", redis],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    if "http://" not in line:
-        process.kill()
-        process.communicate(timeout=10)
-        pytest.fail(f"a server did not start: {line!r}")
-    return process, "http://" + line.split("http://", 1)[1].split()[0].rstrip("/")
-
-
 @pytest.fixture
 def servers(mongo_server: str, private_redis: RedisServer) -> Iterator[list[str]]:
     """The URLs of three server processes sharing one database and one Redis."""
     mongo = mongo_server.replace("/?", f"/scale_{uuid.uuid4().hex[:8]}?")
-    started = [start(mongo, private_redis.url) for _ in range(3)]
+    started = [start_demo("--mongo", mongo, "--redis", private_redis.url) for _ in range(3)]
     try:
-        yield [url for _, url in started]
+        yield [demo.url for demo in started]
     finally:
-        for process, _ in started:
-            process.send_signal(signal.SIGTERM)
-        for process, _ in started:
-            try:
-                process.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.communicate(timeout=10)
+        for demo in started:
+            demo.stop()
 
 
 async def rest(url: str, method: str = "GET", body: Any = None) -> Any:
