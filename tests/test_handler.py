@@ -16,6 +16,7 @@ from tornado.httpclient import HTTPClientError
 from tornado.websocket import WebSocketHandler, websocket_connect
 
 from tornado_live import Client, ClientError, Hub, LiveHandler, LiveMixin, ProtocolError
+from tornado_live.brokers import History
 from tornado_live.testing import ws_url
 
 pytestmark = pytest.mark.gen_test
@@ -357,3 +358,190 @@ async def test_an_event_larger_than_the_limit_is_replaced_by_an_error(
     assert "live_max_pending (65536 bytes)" in error["message"]
     await hub.publish("users", "updated_user", {"n": 2})
     assert (await client.receive())["offset"] == 2  # the gap shows the lost event
+
+
+# -- Server-Sent Events and HTTP messages ------------------------------------------------------
+
+
+class EventStream:
+    """A raw HTTP/1.0 client of the event stream, as simple as EventSource's wire use."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.status = 0
+        self.headers: dict[str, str] = {}
+
+    @classmethod
+    async def open(cls, base_url: str, query: str, **headers: str) -> EventStream:
+        host, port = base_url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        lines = [f"GET /live?{query} HTTP/1.0", f"Host: {host}:{port}"]
+        lines += ["Accept: text/event-stream", *(f"{k}: {v}" for k, v in headers.items())]
+        writer.write(("\r\n".join(lines) + "\r\n\r\n").encode())
+        stream = cls(reader, writer)
+        status = await asyncio.wait_for(reader.readline(), 5)
+        stream.status = int(status.split()[1])
+        while (line := (await asyncio.wait_for(reader.readline(), 5)).strip()) != b"":
+            name, _, value = line.decode().partition(":")
+            stream.headers[name.lower()] = value.strip()
+        return stream
+
+    async def message(self) -> tuple[str | None, dict[str, Any]]:
+        """The next message: its ``id`` (None if it had none) and its data, decoded."""
+        id, data = None, None
+        async with asyncio.timeout(5):
+            while True:
+                line = (await self.reader.readline()).decode()
+                if line == "":
+                    raise EOFError("the stream ended")
+                line = line.rstrip("\n")
+                if line.startswith("id: "):
+                    id = line[4:]
+                elif line.startswith("data: "):
+                    data = json.loads(line[6:])
+                elif line == "" and data is not None:
+                    return id, data
+
+    async def body(self) -> Any:
+        return json.loads(await asyncio.wait_for(self.reader.read(), 5))
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def test_an_event_stream_carries_the_same_frames_with_offsets_as_ids(
+    http_server: Any, base_url: str, hub: Hub
+) -> None:
+    stream = await EventStream.open(base_url, "channel=users")
+    try:
+        assert stream.status == 200
+        assert stream.headers["content-type"] == "text/event-stream"
+        assert stream.headers["cache-control"] == "no-cache"
+        id, subscribed = await stream.message()
+        assert (id, subscribed["type"], subscribed["offset"]) == ("0", "subscribed", 0)
+        for n in range(3):
+            await hub.publish("users", "updated_user", {"n": n})
+        for n in range(3):
+            id, event = await stream.message()
+            assert id == str(n + 1)
+            assert event == {
+                "type": "updated_user",
+                "channel": "users",
+                "offset": n + 1,
+                "data": {"n": n},
+            }
+    finally:
+        stream.close()
+    async with asyncio.timeout(5):
+        while hub.channels:  # the closed stream left the hub
+            await asyncio.sleep(0.01)
+
+
+async def test_last_event_id_recovers_what_a_dropped_stream_missed(
+    http_server: Any, base_url: str, hub: Hub
+) -> None:
+    first = await EventStream.open(base_url, "channel=users")
+    _, subscribed = await first.message()
+    await hub.publish("users", "updated_user", {"n": 0})
+    last_id, _ = await first.message()
+    first.close()  # the stream drops
+    for n in range(1, 4):
+        await hub.publish("users", "updated_user", {"n": n})
+    # The browser reconnects to the same URL (which carries the epoch) with Last-Event-ID.
+    again = await EventStream.open(
+        base_url, f"channel=users&epoch={subscribed['epoch']}", **{"Last-Event-ID": str(last_id)}
+    )
+    try:
+        missed = [await again.message() for _ in range(4)]
+        assert [id for id, _ in missed] == ["2", "3", "4", "4"]
+        assert [frame["data"]["n"] for _, frame in missed[:3]] == [1, 2, 3]
+        assert missed[3][1]["type"] == "subscribed"
+        assert missed[3][1]["recovered"] is True
+    finally:
+        again.close()
+    # Without the epoch, an offset is not trusted: refetch.
+    blind = await EventStream.open(base_url, "channel=users", **{"Last-Event-ID": "1"})
+    try:
+        _, answer = await blind.message()
+        assert (answer["type"], answer["recovered"], answer["offset"]) == ("subscribed", False, 4)
+    finally:
+        blind.close()
+
+
+@pytest.mark.parametrize(
+    ("query", "headers", "status", "code"),
+    [
+        ("", {}, 400, "invalid_channel"),
+        ("channel=a&channel=b", {}, 400, "invalid_channel"),
+        ("channel=../x", {}, 400, "invalid_channel"),
+        ("channel=users&since=-1", {}, 400, "invalid_since"),
+        ("channel=users", {"Last-Event-ID": "x"}, 400, "invalid_since"),
+        ("channel=private/ada", {}, 403, "forbidden"),
+        ("channel=broken", {}, 500, "internal_error"),
+    ],
+)
+async def test_a_refused_event_stream_is_a_clear_http_error(
+    http_server: Any, base_url: str, query: str, headers: dict[str, str], status: int, code: str
+) -> None:
+    stream = await EventStream.open(base_url, query, **headers)
+    try:
+        assert stream.status == status
+        error = await stream.body()
+        assert (error["type"], error["code"]) == ("error", code)
+    finally:
+        stream.close()
+
+
+async def test_a_gap_ends_the_event_stream(http_server: Any, base_url: str, hub: Hub) -> None:
+    stream = await EventStream.open(base_url, "channel=users")
+    try:
+        await stream.message()
+        hub.broker.on_gap("users", History("x", 0, recovered=False))
+        with pytest.raises(EOFError):
+            await stream.message()
+    finally:
+        stream.close()
+
+
+async def post(
+    http_client: Any, base_url: str, body: str, **headers: str
+) -> tuple[int, dict[str, Any]]:
+    response = await http_client.fetch(
+        f"{base_url}/live",
+        method="POST",
+        body=body,
+        headers={"Content-Type": "application/json", **headers},
+        raise_error=False,
+    )
+    return response.code, json.loads(response.body)
+
+
+async def test_messages_over_http(http_client: Any, base_url: str) -> None:
+    assert await post(
+        http_client, base_url, '{"type": "add", "id": 4, "data": {"a": 1, "b": 2}}'
+    ) == (
+        200,
+        {"type": "reply", "id": 4, "data": 3},
+    )
+    assert await post(http_client, base_url, '{"type": "forget"}') == (
+        200,
+        {"type": "reply", "data": None},
+    )
+    for body, status, code in [
+        ('{"type": "teleport", "id": 1}', 404, "unknown_type"),
+        ('{"type": "fail"}', 500, "internal_error"),
+        ('{"type": "refuse"}', 400, "invalid_data"),
+        ('{"type": "subscribe", "channel": "users"}', 400, "invalid_frame"),
+        ("nonsense", 400, "invalid_json"),
+        (json.dumps({"type": "echo", "data": "x" * 70_000}), 413, "too_big"),
+    ]:
+        got_status, frame = await post(http_client, base_url, body)
+        assert (got_status, frame["type"], frame["code"]) == (status, "error", code), body
+    status, frame = await post(
+        http_client,
+        base_url,
+        '{"type": "add", "data": {"a": 1, "b": 2}}',
+        Origin="https://evil.example",
+        **{"Sec-Fetch-Site": "cross-site"},
+    )
+    assert (status, frame["code"]) == (403, "forbidden")

@@ -7,20 +7,22 @@ One handler instance owns one client's socket. It parses the client's frames, as
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
+import re
 import struct
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import tornado.web
 import tornado.websocket
-from tornado.iostream import StreamBufferFullError, StreamClosedError
+from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 
 from . import protocol
 from .hub import Hub
-from .protocol import Message, ProtocolError, Subscribe
+from .protocol import Id, Message, ProtocolError, Subscribe
 
 if TYPE_CHECKING:
     _Base = tornado.websocket.WebSocketHandler
@@ -67,6 +69,7 @@ class LiveMixin(_Base):
     RESERVED: ClassVar[frozenset[str]] = frozenset()
 
     hub: Hub
+    _events: asyncio.Event | None = None  # set when an event stream (SSE) must end
 
     def initialize(self, hub: Hub) -> None:
         """Called by Tornado with the route's keyword arguments: ``{"hub": hub}``."""
@@ -106,22 +109,16 @@ class LiveMixin(_Base):
         disconnected with code 1013, so that it holds neither memory nor anyone else up.
         It recovers what it missed when it reconnects.
         """
+        if self._events is not None:
+            self._send_event(frame)
+            return
         connection = self.ws_connection
         if connection is None or connection.is_closing():
             return
         stream = connection.stream
         if stream is None:
             return
-        if stream.max_write_buffer_size is None:
-            stream.max_write_buffer_size = int(self.settings.get("live_max_pending", MAX_PENDING))
-        if len(frame) + 10 > stream.max_write_buffer_size:
-            # It could never be queued, however fast the client reads.
-            log.error("a %d-byte frame exceeds live_max_pending; not sent to %s", len(frame), self)
-            frame = protocol.error(
-                "too_big",
-                f"a {len(frame)}-byte frame was not sent: it exceeds the server's "
-                f"live_max_pending ({stream.max_write_buffer_size} bytes)",
-            )
+        frame = self._fit(stream, frame)
         try:
             if self._plain:
                 stream.write(_header(len(frame)) + frame)
@@ -135,11 +132,136 @@ class LiveMixin(_Base):
             pass
 
     def reset(self, reason: str) -> None:
-        """Close with code 1012 (service restart): events this client subscribed to were
-        lost, so it must reconnect, and will be told ``recovered: false``."""
+        """Close with code 1012 (service restart), or end the event stream: events this
+        client subscribed to were lost, so it must reconnect, and will be told
+        ``recovered: false``."""
         self.hub.leave(self)
-        if self.ws_connection is not None:
+        if self._events is not None:
+            self._events.set()
+        elif self.ws_connection is not None:
             self.close(1012, reason)
+
+    def _fit(self, stream: IOStream, frame: bytes) -> bytes:
+        """Cap the stream's write buffer; replace a frame that could never fit in it."""
+        if stream.max_write_buffer_size is None:
+            stream.max_write_buffer_size = int(self.settings.get("live_max_pending", MAX_PENDING))
+        if len(frame) + 64 <= stream.max_write_buffer_size:
+            return frame
+        log.error("a %d-byte frame exceeds live_max_pending; not sent to %s", len(frame), self)
+        return protocol.error(
+            "too_big",
+            f"a {len(frame)}-byte frame was not sent: it exceeds the server's "
+            f"live_max_pending ({stream.max_write_buffer_size} bytes)",
+        )
+
+    # -- Server-Sent Events and HTTP messages (for clients without WebSockets) --------------
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:
+        """A WebSocket handshake, or (``Accept: text/event-stream``) an event stream."""
+        headers = self.request.headers
+        if headers.get("Upgrade", "").lower() != "websocket" and "text/event-stream" in (
+            headers.get("Accept", "")
+        ):
+            await self._event_stream()
+        else:
+            await super().get(*args, **kwargs)
+
+    async def post(self, *args: Any, **kwargs: Any) -> None:
+        """An application message over HTTP: ``{"type": ..., "id": ..., "data": ...}`` in,
+        the ``reply`` (200) or ``error`` frame (4xx/5xx) out, as JSON. Cross-origin
+        requests are refused as the WebSocket handshake is."""
+        try:
+            if self._check_cross_origin(self.check_origin) is not None:
+                raise ProtocolError("forbidden", "cross-origin messages are not allowed")
+            length = len(self.request.body)
+            if length > self.max_message_size:
+                raise ProtocolError(
+                    "too_big",
+                    f"a message may be at most {self.max_message_size} bytes; got {length}",
+                )
+            frame = protocol.parse(self.request.body)
+            if not isinstance(frame, Message):
+                raise ProtocolError(
+                    "invalid_frame",
+                    "subscribe over HTTP by opening an event stream (GET with Accept: "
+                    "text/event-stream and ?channel=...), or use the WebSocket",
+                    id=frame.id,
+                )
+            answer = await self._answer(frame) or protocol.reply(None, id=frame.id)
+        except ProtocolError as exc:
+            self.set_status(_STATUS.get(exc.code, 400))
+            answer = exc.frame()
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(answer)
+
+    async def _event_stream(self) -> None:
+        """Serve ``?channel=<name>[&since=<offset>&epoch=<epoch>]`` as Server-Sent Events."""
+        try:
+            channels = self.get_query_arguments("channel")
+            if len(channels) != 1:
+                raise ProtocolError(
+                    "invalid_channel",
+                    f"an event stream takes exactly one ?channel=...; got {len(channels)}",
+                )
+            channel = protocol.check_channel(channels[0])
+            since = self.get_query_argument("since", None)
+            if since is None:  # the browser's own reconnect says where it was
+                since = self.request.headers.get("Last-Event-ID") or None
+            position = None if since is None else _offset(since, channel)
+            epoch = self.get_query_argument("epoch", None)
+            await self._authorize(channel, None)
+        except ProtocolError as exc:
+            self.set_status(_STATUS.get(exc.code, 400))
+            self.set_header("Content-Type", "application/json; charset=utf-8")
+            self.finish(exc.frame())
+            return
+        self.set_header("Content-Type", "text/event-stream")
+        self.set_header("Cache-Control", "no-cache")
+        self.set_header("X-Accel-Buffering", "no")  # nginx: pass each event on at once
+        self._events = done = asyncio.Event()
+        try:
+            await self.hub.subscribe(self, channel, since=position, epoch=epoch)
+        except Exception as exc:
+            log.exception("subscribing to %r failed", channel)
+            self._events = None
+            if not self._headers_written:
+                self.set_status(503)
+                self.set_header("Content-Type", "application/json; charset=utf-8")
+                self.finish(
+                    protocol.error(
+                        "unavailable",
+                        f"could not subscribe to {channel!r} ({type(exc).__name__}); try again",
+                        channel=channel,
+                    )
+                )
+            return
+        interval = self.ping_interval or PING_INTERVAL
+        while not done.is_set():
+            try:
+                await asyncio.wait_for(done.wait(), interval)
+            except TimeoutError:
+                self._write_event(b": ping\n\n")  # keeps proxies from closing it as idle
+        self.hub.leave(self)
+
+    def _send_event(self, frame: bytes) -> None:
+        match = _OFFSET.match(frame)
+        head = b"id: " + match[1] + b"\n" if match else b""
+        self._write_event(head + b"data: " + frame + b"\n\n")
+
+    def _write_event(self, message: bytes) -> None:
+        stream = getattr(self.request.connection, "stream", None)
+        if self._finished or stream is None or stream.closed():
+            return
+        message = self._fit(stream, message)
+        try:
+            self.write(message)
+            self.flush()
+        except StreamBufferFullError:
+            log.warning("closing %s: more than %d bytes unread", self, stream.max_write_buffer_size)
+            self.hub.leave(self)
+            stream.close()
+        except StreamClosedError:
+            pass
 
     @functools.cached_property
     def _plain(self) -> bool:
@@ -160,7 +282,9 @@ class LiveMixin(_Base):
             if isinstance(frame, Subscribe):
                 await self._subscribe(frame)
             elif isinstance(frame, Message):
-                await self._dispatch(frame)
+                answer = await self._answer(frame)
+                if answer is not None:
+                    self.send(answer)
             else:
                 await self.hub.unsubscribe(self, frame.channel)
                 self.send(protocol.unsubscribed(frame.channel, id=frame.id))
@@ -169,12 +293,30 @@ class LiveMixin(_Base):
 
     def on_connection_close(self) -> None:
         self.hub.leave(self)
+        if self._events is not None:
+            self._events.set()
         super().on_connection_close()
 
     # -- internals ------------------------------------------------------------------------
 
     async def _subscribe(self, frame: Subscribe) -> None:
         channel, id = frame.channel, frame.id
+        await self._authorize(channel, id)
+        if self.ws_connection is None:
+            return
+        try:
+            await self.hub.subscribe(self, channel, since=frame.since, epoch=frame.epoch, id=id)
+        except Exception as exc:
+            log.exception("subscribing to %r failed", channel)
+            raise ProtocolError(
+                "unavailable",
+                f"could not subscribe to {channel!r} ({type(exc).__name__}); try again",
+                id=id,
+                channel=channel,
+            ) from exc
+
+    async def _authorize(self, channel: str, id: Id) -> None:
+        """Raise :class:`ProtocolError` unless this client may subscribe to ``channel``."""
         limit = int(self.settings.get("live_max_channels", MAX_CHANNELS))
         current = self.hub.subscriptions(self)
         if channel not in current and len(current) >= limit:
@@ -201,20 +343,9 @@ class LiveMixin(_Base):
             raise ProtocolError(
                 "forbidden", f"not allowed to subscribe to {channel!r}", id=id, channel=channel
             )
-        if self.ws_connection is None:
-            return
-        try:
-            await self.hub.subscribe(self, channel, since=frame.since, epoch=frame.epoch, id=id)
-        except Exception as exc:
-            log.exception("subscribing to %r failed", channel)
-            raise ProtocolError(
-                "unavailable",
-                f"could not subscribe to {channel!r} ({type(exc).__name__}); try again",
-                id=id,
-                channel=channel,
-            ) from exc
 
-    async def _dispatch(self, frame: Message) -> None:
+    async def _answer(self, frame: Message) -> bytes | None:
+        """Call ``on_<type>``; its ``reply`` frame (None if there is nothing to say)."""
         method = None if frame.type in self.RESERVED else getattr(self, f"on_{frame.type}", None)
         if not callable(method):
             accepted = ", ".join(sorted(self._accepted())) or "none"
@@ -228,8 +359,9 @@ class LiveMixin(_Base):
             result = method(frame.data)
             if inspect.isawaitable(result):
                 result = await result
-            if frame.id is not None or result is not None:
-                self.send(protocol.reply(result, id=frame.id))
+            if frame.id is None and result is None:
+                return None
+            return protocol.reply(result, id=frame.id)
         except ProtocolError as exc:
             exc.id = frame.id
             raise
@@ -258,6 +390,29 @@ LiveMixin.RESERVED = frozenset(
     for name in vars(klass)
     if name.startswith("on_")
 ) | {"subscribe", "unsubscribe", *protocol.SERVER_TYPES}
+
+
+#: HTTP status of an ``error`` frame answered over HTTP (400 for the other codes).
+_STATUS: Final = {
+    "forbidden": 403,
+    "unknown_type": 404,
+    "too_big": 413,
+    "internal_error": 500,
+    "unavailable": 503,
+}
+
+#: The offset of an event or ``subscribed`` frame, for the event stream's ``id:``.
+_OFFSET: Final = re.compile(rb'\{"type":"[a-z0-9_]+","channel":"[^"]*","offset":(\d+)[,}]')
+
+
+def _offset(text: str, channel: str) -> int:
+    if not text.isdigit() or len(text) > 18:
+        raise ProtocolError(
+            "invalid_since",
+            f"since (or Last-Event-ID) must be a non-negative integer offset; got {text[:40]!r}",
+            channel=channel,
+        )
+    return int(text)
 
 
 def _header(length: int) -> bytes:
