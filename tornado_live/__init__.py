@@ -16,7 +16,7 @@ The flow of one event::
 from .brokers import Broker, PublishError
 from .brokers.memory import MemoryBroker
 from .client import Client, ClientError
-from .handler import LiveHandler, LiveMixin
+from .handler import LiveHandler, LiveMixin, static_route
 from .hub import Hub
 from .models import Document, UnboundError, model
 from .protocol import Event, ProtocolError
@@ -35,4 +35,5 @@ __all__ = [
     "PublishError",
     "UnboundError",
     "model",
+    "static_route",
 ]

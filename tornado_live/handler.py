@@ -14,6 +14,7 @@ import logging
 import re
 import struct
 from collections.abc import Awaitable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 import tornado.web
@@ -428,4 +429,32 @@ class LiveHandler(LiveMixin, tornado.websocket.WebSocketHandler):
     """A ready-made handler: ``(r"/live", LiveHandler, {"hub": hub})``."""
 
 
-__all__ = ["MAX_CHANNELS", "MAX_MESSAGE_SIZE", "MAX_PENDING", "LiveHandler", "LiveMixin"]
+#: The folder holding ``live.js``, the browser client, to serve as you serve static files.
+STATIC_PATH: Final = Path(__file__).parent / "static"
+
+
+def static_route(
+    prefix: str = "/static/live",
+) -> tuple[str, type[tornado.web.StaticFileHandler], dict[str, str]]:
+    """A route serving the browser client at ``<prefix>/live.js``::
+
+        Application([static_route(), (r"/live", LiveHandler, {"hub": hub}), ...])
+
+    and in the page: ``import {connect} from "/static/live/live.js"``.
+    """
+    return (
+        rf"{re.escape(prefix.rstrip('/'))}/(.*)",
+        tornado.web.StaticFileHandler,
+        {"path": str(STATIC_PATH)},
+    )
+
+
+__all__ = [
+    "MAX_CHANNELS",
+    "MAX_MESSAGE_SIZE",
+    "MAX_PENDING",
+    "STATIC_PATH",
+    "LiveHandler",
+    "LiveMixin",
+    "static_route",
+]
