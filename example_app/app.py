@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import tornado.web
+import tornado.websocket
 
-from tornado_live import Hub, LiveHandler, PublishError
+from tornado_live import Hub, LiveMixin, ProtocolError, PublishError, static_route
 
 from .users import User
 
@@ -125,6 +126,18 @@ class UserHandler(JsonHandler):
         # --8<-- [end:rest]
 
 
+# --8<-- [start:live]
+class Live(LiveMixin, tornado.websocket.WebSocketHandler):
+    """The live socket: every channel is public; one message the page may send."""
+
+    async def on_email_taken(self, data: Any) -> bool:
+        # {"type": "email_taken", "id": 1, "data": "ada@example.com"} -> reply true/false
+        if not isinstance(data, str):
+            raise ProtocolError("invalid_email", f"email_taken takes a string; got {data!r}")
+        return bool(await User.find({"email": data.strip()}))
+        # --8<-- [end:live]
+
+
 # --8<-- [start:page]
 class PageHandler(tornado.web.RequestHandler):
     def get(self) -> None:
@@ -138,7 +151,8 @@ def make_app(hub: Hub, **settings: Any) -> tornado.web.Application:
     return tornado.web.Application(
         [
             (r"/", PageHandler),
-            (r"/live", LiveHandler, {"hub": hub}),
+            (r"/live", Live, {"hub": hub}),
+            static_route(),  # live.js, the browser client, at /static/live/live.js
             (r"/users", UsersHandler),
             (r"/users/([^/]+)", UserHandler),
         ],

@@ -1,7 +1,9 @@
-"""Shared fixtures: the demo app for pytest-tornado, a real MongoDB wire server, private Redis."""
+"""Shared fixtures: the demo app for pytest-tornado, a real MongoDB wire server, private Redis,
+a real headless Chromium."""
 
 from __future__ import annotations
 
+import json
 import os
 import selectors
 import shutil
@@ -11,13 +13,16 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tornado.web
+from playwright.sync_api import Browser, sync_playwright
 
 from example_app.app import make_app
 from example_app.store import MemoryCollection
@@ -234,3 +239,40 @@ def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+#: Debian's chromium, headless, as ../shared/ENVIRONMENT.md says it runs here.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """A headless Chromium (Debian's, driven by Playwright) for the tests of one module."""
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.fail("no chromium on PATH: `make test` installs Debian's chromium package")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def rest(url: str, method: str = "GET", body: Any = None) -> Any:
+    """Call the demo's REST resource as a script would; the decoded JSON answer, if any."""
+    request = urllib.request.Request(
+        url,
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"} if body is not None else {},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        text = response.read()
+    return json.loads(text) if text else None

@@ -275,7 +275,11 @@ async def round_trip(url: str, http_client: AsyncHTTPClient) -> None:
         assert event["data"] == ada
         page = await call(http_client, url + "/")
         assert page.code == 200
-        assert b"new WebSocket" in page.body
+        assert b'import {connect} from "/static/live/live.js"' in page.body
+        script = await call(http_client, url + "/static/live/live.js")
+        assert script.code == 200
+        assert "javascript" in script.headers["Content-Type"]
+        assert b"export function connect(" in script.body
     finally:
         await client.close()
 

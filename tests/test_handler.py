@@ -459,6 +459,17 @@ async def test_last_event_id_recovers_what_a_dropped_stream_missed(
         assert missed[3][1]["recovered"] is True
     finally:
         again.close()
+    # Last-Event-ID is newer than the URL's since (where the stream first started).
+    newer = await EventStream.open(
+        base_url,
+        f"channel=users&since=1&epoch={subscribed['epoch']}",
+        **{"Last-Event-ID": "3"},
+    )
+    try:
+        assert [id for id, _ in [await newer.message() for _ in range(2)]] == ["4", "4"]
+        assert b"retry: " in await asyncio.wait_for(newer.reader.readline(), 5)
+    finally:
+        newer.close()
     # Without the epoch, an offset is not trusted: refetch.
     blind = await EventStream.open(base_url, "channel=users", **{"Last-Event-ID": "1"})
     try:

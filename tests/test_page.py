@@ -2,48 +2,8 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-import urllib.request
-from collections.abc import Iterator
-from typing import Any
-
-import pytest
-from conftest import Demo
-from playwright.sync_api import Browser, Page, expect, sync_playwright
-
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-quic",
-]
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    executable = shutil.which("chromium")
-    if executable is None:
-        pytest.fail("no chromium on PATH: `make test` installs Debian's chromium package")
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
-
-
-def rest(url: str, method: str = "GET", body: Any = None) -> Any:
-    request = urllib.request.Request(
-        url,
-        method=method,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Content-Type": "application/json"} if body is not None else {},
-    )
-    with urllib.request.urlopen(request, timeout=10) as response:
-        text = response.read()
-    return json.loads(text) if text else None
+from conftest import Demo, rest
+from playwright.sync_api import Browser, Page, expect
 
 
 def open_page(browser: Browser, url: str, requests: list[str] | None = None) -> Page:

@@ -11,6 +11,7 @@ import asyncio
 import functools
 import inspect
 import logging
+import random
 import re
 import struct
 from collections.abc import Awaitable
@@ -205,9 +206,11 @@ class LiveMixin(_Base):
                     f"an event stream takes exactly one ?channel=...; got {len(channels)}",
                 )
             channel = protocol.check_channel(channels[0])
-            since = self.get_query_argument("since", None)
-            if since is None:  # the browser's own reconnect says where it was
-                since = self.request.headers.get("Last-Event-ID") or None
+            # The browser's own reconnect says where it was, which is newer than the
+            # URL's since (that one only says where the stream started).
+            since = self.request.headers.get("Last-Event-ID") or None
+            if since is None:
+                since = self.get_query_argument("since", None)
             position = None if since is None else _offset(since, channel)
             epoch = self.get_query_argument("epoch", None)
             await self._authorize(channel, None)
@@ -236,6 +239,9 @@ class LiveMixin(_Base):
                     )
                 )
             return
+        # Browsers reconnect after 1-3 s, each at another moment (not all at once after a
+        # restart).
+        self._write_event(b"retry: %d\n\n" % random.randint(1000, 3000))
         interval = self.ping_interval or PING_INTERVAL
         while not done.is_set():
             try:

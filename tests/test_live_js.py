@@ -1,0 +1,515 @@
+"""live.js, the browser client, in a real headless Chromium against the demo.
+
+* Two pages stay in step (REST and the page's own form), over WebSockets and, with
+  WebSockets blocked, over the Server-Sent Events fallback; ``send`` works over both.
+* The server is stopped and started again while the pages stay open: what changed
+  meanwhile (in MongoDB directly, then through REST) shows, nothing missing or doubled.
+* Over SSE, a stream cut by a proxy recovers through the browser's ``Last-Event-ID``.
+* The talk's plain ``new WebSocket()`` code, without live.js, still gets ``updated_user``.
+* live.js's own logic (backoff, offsets, resubscription, fallback, holding events during a
+  refetch, ``send``) against fake transports, in ``tests/js/unit.js``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bson import ObjectId
+from conftest import Demo, rest, start_demo
+from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+from pymongo import MongoClient
+
+HERE = Path(__file__).parent
+
+#: Replaces window.WebSocket with one that fails the way a blocked network does: an
+#: "error" and a "close" (1006) without ever opening.
+BLOCK_WEBSOCKETS = """
+window.WebSocket = class BlockedWebSocket extends EventTarget {
+  static CONNECTING = 0; static OPEN = 1; static CLOSING = 2; static CLOSED = 3;
+  constructor(url) {
+    super();
+    this.url = String(url);
+    this.readyState = 0;
+    window.blockedSockets = (window.blockedSockets || 0) + 1;
+    setTimeout(() => {
+      this.readyState = 3;
+      this.onerror?.(new Event("error"));
+      this.onclose?.(new CloseEvent("close", {code: 1006, wasClean: false}));
+    }, 20);
+  }
+  send() { throw new DOMException("Still in CONNECTING state.", "InvalidStateError"); }
+  close() { this.readyState = 3; }
+};
+"""
+
+#: Keeps every message any EventSource of the page receives, with its URL and lastEventId.
+RECORD_STREAMS = """
+window.streamed = [];
+window.EventSource = class RecordedEventSource extends window.EventSource {
+  constructor(url, init) {
+    super(url, init);
+    this.addEventListener("message", (message) => window.streamed.push(
+      {url: String(url), id: message.lastEventId, frame: JSON.parse(message.data)}));
+  }
+};
+"""
+
+#: Keeps every event the page's live.js delivers for "users" (after the page's own handler).
+RECORD_EVENTS = """
+() => {
+  window.delivered = [];
+  live.subscribe("users", (event) => window.delivered.push(
+    {type: event.type, offset: event.offset, epoch: live.position("users").epoch}));
+}
+"""
+
+
+#: Uncaught exceptions of this test's pages (live.js must never throw at the page).
+PAGE_ERRORS: list[str] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_page_errors() -> Iterator[None]:
+    PAGE_ERRORS.clear()
+    yield
+    assert not PAGE_ERRORS, f"the page threw: {PAGE_ERRORS}"
+
+
+def watch(page: Page) -> Page:
+    page.on("pageerror", lambda error: PAGE_ERRORS.append(f"{page.url}: {error}"))
+    return page
+
+
+def settle(page: Page, promise: str, timeout: float = 5000) -> Any:
+    """The value of the JavaScript ``promise`` (an expression), or fail after ``timeout`` ms.
+
+    Playwright's ``evaluate`` would wait for a Promise forever.
+    """
+    return page.evaluate(
+        f"""Promise.race([{promise}, new Promise((resolve, reject) => setTimeout(
+            () => reject(new Error("no answer within {timeout:.0f} ms")), {timeout:.0f}))])"""
+    )
+
+
+def open_page(
+    browser: Browser, url: str, *, scripts: tuple[str, ...] = (), requests: list[str] | None = None
+) -> Page:
+    """A new page on the demo, live; ``requests`` collects "METHOD URL" of what it asks."""
+    page = browser.new_page()
+    for script in scripts:
+        page.add_init_script(script)
+    watch(page)
+    if requests is not None:
+        page.on("request", lambda request: requests.append(f"{request.method} {request.url}"))
+    page.goto(url + "/")
+    expect(page.locator("#state")).to_have_text("live", timeout=5000)
+    page.evaluate(RECORD_EVENTS)
+    return page
+
+
+def names(page: Page) -> list[str]:
+    return sorted(page.locator("li .name").all_text_contents())
+
+
+def expect_names(page: Page, expected: list[str], timeout: float = 1000) -> None:
+    """The page lists exactly these names, each once, within ``timeout`` ms."""
+    want = json.dumps(sorted(expected), separators=(",", ":"))
+    shown = "[...document.querySelectorAll('li .name')].map((name) => name.textContent).sort()"
+    try:
+        page.wait_for_function(f"JSON.stringify({shown}) === {json.dumps(want)}", timeout=timeout)
+    except PlaywrightTimeoutError:
+        pytest.fail(f"the page lists {names(page)}; expected {sorted(expected)}")
+
+
+def delivered(page: Page) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = page.evaluate("window.delivered")
+    return result
+
+
+def fetches(requests: list[str]) -> list[str]:
+    return [r for r in requests if r.startswith("GET ") and r.split("?")[0].endswith("/users")]
+
+
+def user(name: str) -> dict[str, str]:
+    return {
+        "name": name,
+        "email": f"{name.split()[0].lower()}@example.com",
+        "password": "p4ssw0rd!",
+    }
+
+
+def lives(events: list[dict[str, Any]]) -> list[list[int]]:
+    """The offsets of delivered events, one list per epoch (life of the server's history)."""
+    epochs: dict[str, list[int]] = {}
+    for event in events:
+        epochs.setdefault(event["epoch"], []).append(event["offset"])
+    return list(epochs.values())
+
+
+# -- two pages in step, over either transport -----------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
+def test_two_pages_stay_in_step(browser: Browser, demo: Demo, transport: str) -> None:
+    scripts = (BLOCK_WEBSOCKETS,) if transport == "sse" else ()
+    url = demo.url
+    asked: tuple[list[str], list[str]] = ([], [])
+    first = open_page(browser, url, scripts=scripts, requests=asked[0])
+    second = open_page(browser, url, scripts=scripts, requests=asked[1])
+    for page in (first, second):
+        expect(page.locator("#transport")).to_have_text(f"over {transport}")
+        assert page.evaluate("live.transport") == transport
+    if transport == "sse":
+        assert first.evaluate("window.blockedSockets") == 2  # tried twice, then fell back
+
+    # Through the REST API: both pages, within a second.
+    ada = rest(url + "/users", "POST", user("Ada"))
+    for page in (first, second):
+        expect(page.locator(f'li[data-id="{ada["id"]}"] .name')).to_have_text("Ada", timeout=1000)
+
+    # Through the first page's form: the second page.
+    first.fill("input[name=name]", "Grace")
+    first.fill("input[name=email]", "grace@example.com")
+    first.fill("input[name=password]", "compilers")
+    first.click("text=Add user")
+    expect(second.locator("li .name", has_text="Grace")).to_be_visible(timeout=1000)
+
+    # The second page's Rename button: the first page.
+    second.once("dialog", lambda dialog: dialog.accept("Ada King"))
+    second.locator(f'li[data-id="{ada["id"]}"] >> text=Rename').click()
+    expect(first.locator(f'li[data-id="{ada["id"]}"] .name')).to_have_text("Ada King", timeout=1000)
+    # live.on("updated_user", ...) highlights the row for a moment.
+    expect(first.locator(f'li[data-id="{ada["id"]}"]')).to_have_class("changed", timeout=500)
+
+    # An update and a delete through REST.
+    rest(f"{url}/users/{ada['id']}", "POST", {"email": "king@example.com"})
+    expect(second.locator(f'li[data-id="{ada["id"]}"] .email')).to_have_text(
+        "king@example.com", timeout=1000
+    )
+    rest(f"{url}/users/{ada['id']}", "DELETE")
+    for page in (first, second):
+        expect_names(page, ["Grace"])
+
+    # A channel the server refuses goes to the subscription's onError.
+    refused = """new Promise((resolve) => live.subscribe("users/", null, {onError: resolve}))
+        .then((error) => error.code)"""
+    assert settle(first, refused) == "invalid_channel"
+    expect(first.locator("#state")).to_have_text("live")
+
+    # send(): a reply, and an error frame as a LiveError with its code.
+    assert settle(first, 'live.send("email_taken", "grace@example.com")') is True
+    assert settle(second, 'live.send("email_taken", "ada@example.com")') is False
+    code = settle(first, 'live.send("no_such", 1).then(() => "resolved", (error) => error.code)')
+    assert code == "unknown_type"
+    # The page's own use of it: a hint while typing a taken address.
+    second.fill("input[name=email]", "grace@example.com")
+    second.fill("input[name=password]", "x")  # leaving the field fires "change"
+    expect(second.locator("#hint")).to_have_text("already taken", timeout=1000)
+
+    for page, requests in zip((first, second), asked, strict=True):
+        # Every event once, in order; no polling: the list was fetched once, on load.
+        offsets = [event["offset"] for event in delivered(page)]
+        assert offsets == list(range(offsets[0], offsets[0] + len(offsets))), offsets
+        assert len(offsets) == 5
+        assert len(fetches(requests)) == 1, requests
+        page.close()
+
+
+# -- the server restarts while the pages stay open ------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
+def test_a_server_restart_loses_nothing_and_doubles_nothing(
+    browser: Browser, mongo_server: str, mongo_database: str, transport: str
+) -> None:
+    scripts = (BLOCK_WEBSOCKETS,) if transport == "sse" else ()
+    mongo = mongo_server.replace("/?", f"/{mongo_database}?")
+    assert mongo != mongo_server, mongo_server
+    port = free_port()
+    arguments = ("--port", str(port), "--mongo", mongo)
+    demos = [start_demo(*arguments)]
+    try:
+        url = demos[0].url
+        assert url == f"http://127.0.0.1:{port}"
+        asked: tuple[list[str], list[str]] = ([], [])
+        pages = [open_page(browser, url, scripts=scripts, requests=requests) for requests in asked]
+        for page in pages:
+            expect(page.locator("#transport")).to_have_text(f"over {transport}")
+        ada = rest(url + "/users", "POST", user("Ada"))
+        grace = rest(url + "/users", "POST", user("Grace"))
+        for page in pages:
+            expect_names(page, ["Ada", "Grace"])
+
+        assert demos[0].stop() == 0
+        for page in pages:
+            expect(page.locator("#state")).to_have_attribute(
+                "data-state", "reconnecting", timeout=5000
+            )
+
+        # While it is down: straight into MongoDB, so no event announces these.
+        with MongoClient[dict[str, Any]](mongo_server) as client:
+            users = client[mongo_database]["users"]
+            users.insert_one({"_id": ObjectId(), "name": "Dora", "email": "dora@example.com"})
+            users.update_one({"_id": ObjectId(grace["id"])}, {"$set": {"name": "Grace Hopper"}})
+
+        demos.append(start_demo(*arguments))
+        # Back, but the pages may still be waiting out their backoff: through REST.
+        edsger = rest(url + "/users", "POST", user("Edsger"))
+        rest(f"{url}/users/{ada['id']}", "POST", {"name": "Ada Lovelace"})
+
+        expected = ["Ada Lovelace", "Dora", "Edsger", "Grace Hopper"]
+        for page in pages:
+            expect(page.locator("#state")).to_have_attribute("data-state", "live", timeout=15000)
+            expect_names(page, expected, timeout=2000)
+
+        # Live again: later changes arrive as events, once each.
+        rest(f"{url}/users/{edsger['id']}", "POST", {"name": "Edsger Dijkstra"})
+        rest(f"{url}/users/{ada['id']}", "DELETE")
+        for page, requests in zip(pages, asked, strict=True):
+            expect_names(page, ["Dora", "Edsger Dijkstra", "Grace Hopper"])
+            # One run of offsets per life of the server, each without repeat or hole.
+            before, after = lives(delivered(page))
+            assert before == [1, 2]
+            assert after == list(range(after[0], 5)), after
+            # The new server's epoch: recovered false, so the page fetched the list again.
+            assert len(fetches(requests)) == 2, requests
+            page.close()
+    finally:
+        for started in demos:
+            started.stop()
+
+
+# -- SSE: a dropped stream recovers through Last-Event-ID -----------------------------------
+
+
+class Proxy:
+    """A TCP proxy on 127.0.0.1 in front of a local port; a test can cut its connections.
+
+    It runs its own asyncio loop in a thread. ``sent`` keeps the first MiB clients sent
+    through it, so that a test can read the request heads the server received.
+    """
+
+    LIMIT = 1 << 20
+    CONNECTIONS = 64
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.port = 0
+        self.sent = bytearray()
+        self.paused = False
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="proxy", daemon=True)
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Proxy:
+        self._thread.start()
+        self._server = self._run(self._start())
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            self._run(self._stop())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            self._loop.close()
+
+    def cut(self) -> None:
+        """Drop every connection (a reset), and refuse new ones until :meth:`resume`."""
+        self._run(self._cut())
+
+    def resume(self) -> None:
+        self.paused = False
+
+    def requests(self) -> list[str]:
+        """The heads of the HTTP requests that went through, as text."""
+        text = self.sent.decode("latin-1")
+        return re.findall(r"(?:GET|POST|DELETE) [^\r\n]* HTTP/1\.1\r\n.*?\r\n\r\n", text, re.S)
+
+    def _run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=10)
+
+    async def _start(self) -> asyncio.Server:
+        return await asyncio.start_server(self._accept, "127.0.0.1", 0)
+
+    async def _cut(self) -> None:
+        self.paused = True
+        for writer in list(self._writers):
+            writer.transport.abort()
+
+    async def _stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._cut()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
+        try:
+            if self.paused or len(self._writers) >= self.CONNECTIONS:
+                writer.transport.abort()
+                return
+            try:
+                upstream = await asyncio.wait_for(
+                    asyncio.open_connection("127.0.0.1", self.target), timeout=5
+                )
+            except (OSError, TimeoutError):
+                writer.transport.abort()
+                return
+            self._writers |= {writer, upstream[1]}
+            pipes = {
+                asyncio.ensure_future(self._pipe(reader, upstream[1], record=True)),
+                asyncio.ensure_future(self._pipe(upstream[0], writer, record=False)),
+            }
+            try:
+                await asyncio.wait(pipes, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for pipe in pipes:
+                    pipe.cancel()
+                await asyncio.gather(*pipes, return_exceptions=True)
+                for end in (writer, upstream[1]):
+                    end.transport.abort()
+                    self._writers.discard(end)
+        finally:
+            self._tasks.discard(task)
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, record: bool
+    ) -> None:
+        with contextlib.suppress(ConnectionError, OSError):
+            while data := await reader.read(65536):
+                if record and len(self.sent) < self.LIMIT:
+                    self.sent += data[: self.LIMIT - len(self.sent)]
+                writer.write(data)
+                await writer.drain()
+
+
+@pytest.fixture
+def proxy(demo: Demo) -> Iterator[Proxy]:
+    with Proxy(int(demo.url.rsplit(":", 1)[1])) as started:
+        yield started
+
+
+def test_sse_recovers_a_dropped_stream_with_last_event_id(
+    browser: Browser, demo: Demo, proxy: Proxy
+) -> None:
+    requests: list[str] = []
+    page = open_page(
+        browser, proxy.url, scripts=(BLOCK_WEBSOCKETS, RECORD_STREAMS), requests=requests
+    )
+    expect(page.locator("#transport")).to_have_text("over sse")
+    ada = rest(demo.url + "/users", "POST", user("Ada"))
+    grace = rest(demo.url + "/users", "POST", user("Grace"))
+    expect_names(page, ["Ada", "Grace"])
+
+    proxy.cut()  # the stream drops; the browser retries, and is refused, until resume()
+    expect(page.locator("#state")).to_have_attribute("data-state", "reconnecting", timeout=5000)
+    rest(f"{demo.url}/users/{ada['id']}", "POST", {"name": "Ada Lovelace"})
+    rest(demo.url + "/users", "POST", user("Edsger"))
+    rest(f"{demo.url}/users/{grace['id']}", "DELETE")
+    proxy.resume()
+
+    expect(page.locator("#state")).to_have_attribute("data-state", "live", timeout=15000)
+    expect_names(page, ["Ada Lovelace", "Edsger"])
+    rest(f"{demo.url}/users/{ada['id']}", "POST", {"name": "Ada King"})
+    expect_names(page, ["Ada King", "Edsger"])
+
+    # The browser's own reconnect said where it was: Last-Event-ID 2, the last event seen.
+    streams = [head for head in proxy.requests() if head.startswith("GET /live?")]
+    resumed = [head for head in streams if re.search(r"^Last-Event-ID: 2\r$", head, re.M | re.I)]
+    assert resumed, streams
+    assert "channel=users" in resumed[0]
+    request_line = resumed[0].split("\r\n", 1)[0]
+    assert "epoch=" in request_line  # live.js handed over to a stream with the epoch...
+    assert "since=" not in request_line  # ...and no since, which the server would prefer
+
+    # Every event arrived once on the wire, so the server resumed from Last-Event-ID, and the
+    # page delivered offsets 1..6 in order without asking for the list again.
+    streamed: list[dict[str, Any]] = page.evaluate("window.streamed")
+    events = [item for item in streamed if item["frame"]["type"] != "subscribed"]
+    assert [item["frame"]["offset"] for item in events] == [1, 2, 3, 4, 5, 6], streamed
+    assert all(item["id"] == str(item["frame"]["offset"]) for item in events)
+    assert [event["offset"] for event in delivered(page)] == [1, 2, 3, 4, 5, 6]
+    # The reconnect's "subscribed" said recovered: true.
+    recovered = [item["frame"]["recovered"] for item in streamed if "recovered" in item["frame"]]
+    assert recovered == [True], streamed
+    assert len(fetches(requests)) == 1, requests  # onRefetch: on load only
+
+    # Over SSE, send() is a POST to the same URL.
+    assert settle(page, 'live.send("email_taken", "edsger@example.com")') is True
+    assert any(head.startswith("POST /live ") for head in proxy.requests())
+    page.close()
+
+
+# -- the talk's plain WebSocket code, no live.js --------------------------------------------
+
+
+def test_the_talks_plain_websocket_code_still_works(browser: Browser, demo: Demo) -> None:
+    page = watch(browser.new_page())
+    page.goto(demo.url + "/users")  # any page of the site: the socket is same-origin
+    # The test's own ears: every frame's type, recorded from the socket's first moment
+    # (the talk's code below is untouched and does not know about it).
+    page.add_script_tag(
+        content="""window.updates = []; function updateUser(id, user) { updates.push(user); }
+        window.seen = [];
+        const Native = window.WebSocket;
+        window.WebSocket = class extends Native {
+          constructor(...args) {
+            super(...args);
+            this.addEventListener("message", (raw) => seen.push(JSON.parse(raw.data).type));
+          }
+        };"""
+    )
+    page.add_script_tag(content=(HERE / "js" / "talk.js").read_text(encoding="utf-8"))
+    page.wait_for_function("window.seen.includes('subscribed')", timeout=5000)
+    ada = rest(demo.url + "/users", "POST", user("Ada"))
+    rest(f"{demo.url}/users/{ada['id']}", "POST", {"name": "Ada Lovelace"})
+    page.wait_for_function("window.updates.length > 0", timeout=2000)
+    assert page.evaluate("window.updates") == [
+        {"id": ada["id"], "name": "Ada Lovelace", "email": "ada@example.com"}
+    ]
+    page.close()
+
+
+# -- live.js's logic against fake transports -------------------------------------------------
+
+
+def test_live_js_logic(browser: Browser, demo: Demo) -> None:
+    page = watch(browser.new_page())
+    page.goto(demo.url + "/users")  # same origin as /static/live/live.js
+    page.add_script_tag(type="module", content=(HERE / "js" / "unit.js").read_text("utf-8"))
+    page.wait_for_function("window.results !== undefined", timeout=20000)
+    results: dict[str, Any] = page.evaluate("window.results")
+    failures = [f"{name}: {outcome}" for name, outcome in results.items() if outcome != "ok"]
+    assert not failures, "\n".join(failures)
+    assert len(results) >= 8, json.dumps(results)
+    page.close()

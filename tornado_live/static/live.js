@@ -1,0 +1,873 @@
+/**
+ * live.js: the browser client of tornado_live (wire protocol v1).
+ *
+ * One ES module, no dependencies, no build step. Serve this file and import it:
+ *
+ *     import {connect} from "/static/live/live.js";
+ *
+ *     const live = connect("/live", {onState: (state) => show(state)});
+ *     const stop = live.subscribe("users", (event) => apply(event), {onRefetch: loadUsers});
+ *     live.on("updated_user", (event) => console.log(event.data.name));
+ *     const answer = await live.send("email_taken", "ada@example.com");
+ *
+ * connect(url, options) -> Live
+ *   url: where the server routes its LiveMixin handler: relative ("/live") or absolute,
+ *   ws://, wss://, http:// or https://. The WebSocket URL (ws/wss) and the HTTP URL of the
+ *   same route (http/https, for the Server-Sent Events fallback) are both derived from it.
+ *   options (all optional):
+ *     onState(state, live)  called on every change of live.state (see below).
+ *     onError(error, live)  called with a LiveError for problems tied to no call: an error
+ *                           frame without id, an onRefetch that failed, an unreadable frame.
+ *     backoff: [firstMs, maxMs]   reconnect delays, default [500, 10000]: before attempt n
+ *                           (0, 1, 2, ...) it waits min(maxMs, firstMs * 2**n) times a random
+ *                           factor in [0.5, 1) (jitter, so that a restarted server is not hit
+ *                           by every page at the same instant). n is back to 0 once live.
+ *     transports            ["websocket", "sse"] (default): the order in which they are tried.
+ *                           ["sse"] uses Server-Sent Events only; ["websocket"] never falls back.
+ *     timeout               milliseconds send() waits for a reply, default 10000.
+ *     WebSocket, EventSource, fetch   the implementations to use (default: the globals).
+ *
+ * live.subscribe(channel, handler?, {onRefetch?, onError?}) -> unsubscribe()
+ *   handler(event) receives each event of the channel, a frame object
+ *   {type, channel, offset, data}, once, in offset order. The client tracks the last offset
+ *   seen per channel; on every (re)connect it subscribes again with since = that offset and
+ *   the channel's epoch, so the server sends what was missed; events at or below the last
+ *   offset are dropped, never delivered twice.
+ *   onRefetch() is where the page loads the channel's state (GET /users): it is called
+ *     - once for each subscribe() call, when the server first confirms the subscription (so
+ *       the initial load and every later reload happen in one place);
+ *     - for every subscription of the channel when, after a reconnect, the server answers
+ *       recovered: false (its history no longer reaches back, or it restarted: new epoch);
+ *     - when an event arrives after a gap in the offsets (an event was lost), or an event
+ *       stream subscribed again without saying where it was, and the channel had moved on;
+ *     - at the next confirmation again, if it threw or its Promise rejected.
+ *     It is never called when the server recovered every missed event. It may return a
+ *     Promise: until that settles, the channel's events are held back, then delivered in
+ *     order, so apply them on top of what was fetched (they may repeat what it already shows;
+ *     created/updated/deleted events carry whole documents, so applying them again is safe).
+ *   onError(error) is called with a LiveError when the server refuses the channel
+ *     (error.code "forbidden", "invalid_channel", "too_many_channels", "unavailable", ...).
+ *     The subscription stays registered and is tried again at the next reconnect.
+ *   unsubscribe() removes this handler; when a channel has no handlers left, the client
+ *   leaves it (an "unsubscribe" frame, or closes its event stream).
+ *
+ * live.on(type, handler) -> off()
+ *   handler(event) for every event of that type on any subscribed channel: the talk's
+ *   if (message.type == "updated_user") style. It subscribes to nothing by itself, and an
+ *   event published to two subscribed channels (users and users/<id>) comes once per channel.
+ *   Subscription handlers run first; both are held back while an onRefetch is pending.
+ *
+ * live.send(type, data?) -> Promise of the reply's data
+ *   An application message, answered by the handler's on_<type> method. Over a WebSocket it
+ *   is a frame with an id, matched with its reply frame; over SSE it is a POST of the same
+ *   frame to the HTTP URL. It rejects with a LiveError whose .code is the error frame's code
+ *   ("unknown_type", "internal_error", or the application's own), or "timeout" (no reply
+ *   within options.timeout), "disconnected" (the WebSocket closed after the message was sent:
+ *   it may or may not have been handled, so it is not sent again), "network_error",
+ *   "bad_response" (not a reply frame), or "closed" (live.close() was called). A message sent
+ *   while no transport is up waits for the next one (within the timeout).
+ *
+ * live.position(channel) -> {epoch, offset} | null
+ *   Where the client is in a subscribed channel: the epoch of the server's last "subscribed"
+ *   and the last offset seen (null before the first "subscribed").
+ *
+ * live.state: "connecting" | "live" | "reconnecting" | "closed"
+ *   "connecting" until the client is live for the first time (including failed first
+ *   attempts); "live" when a transport is up and every subscribed channel is confirmed (or
+ *   refused) by the server; "reconnecting" after it was live and lost the connection (or an
+ *   event stream), until it is live again; "closed" after live.close(), for good.
+ * live.transport: "websocket" | "sse" | null: the transport in use or being tried.
+ * live.close(): closes the connection, stops reconnecting, rejects pending sends ("closed").
+ *
+ * Also exported: Live (the class connect() instantiates), LiveError (an Error with .code and,
+ * for an error frame, .frame), backoffDelay(attempt, [firstMs, maxMs], random) (the delay
+ * before reconnect attempt `attempt`), endpoints(url, base) ({ws, http}, the URLs derived).
+ *
+ * Reconnects and fallback. After a lost connection the client reconnects with the backoff
+ * (at once when the browser fires "online"). The WebSocket is tried first. If it cannot be
+ * opened (it errors or closes before "open") twice in a row, or the WebSocket constructor is
+ * missing, the client uses Server-Sent Events: one EventSource per subscribed channel, at
+ * <HTTP URL>?channel=<c>.
+ * The first stream's "subscribed" gives the channel's epoch; the client then opens a second
+ * stream at <HTTP URL>?channel=<c>&epoch=<epoch> (no since) and closes the first once it has
+ * delivered every event up to the second's "subscribed", so nothing falls between them. The
+ * browser's own reconnects of that stream send Last-Event-ID (the last offset received), and
+ * with the epoch in the URL the server recovers from it; a since in the URL would be stale by
+ * then, and the server would prefer it. While an EventSource reconnects by itself (readyState
+ * CONNECTING) the client lets it; when it gives up (CLOSED: an HTTP error) the client reopens
+ * it with &since=<offset>&epoch=<epoch>, with the backoff, then hands over to an epoch-only
+ * stream again. A channel the server refuses (HTTP 4xx with an error frame) goes to onError
+ * instead of being retried. If the event streams cannot be opened either (the server is
+ * down, not only WebSockets blocked), the client goes back to trying the WebSocket, with the
+ * backoff. Once a transport has worked, the client keeps it for the life of this Live
+ * object: after a server restart a WebSocket page stays on WebSockets, and an SSE page does
+ * not probe WebSockets again (reload the page to try again, for instance after moving to
+ * another network).
+ */
+
+const BACKOFF = [500, 10000];
+const TIMEOUT = 10000;
+const WEBSOCKET_TRIES = 2; // failures before "open", in a row, before falling back
+const CONNECTING = 0; // EventSource.CONNECTING
+const OPEN = 1; // WebSocket.OPEN
+
+/** An error frame from the server, or a failure of the client; .code says which. */
+export class LiveError extends Error {
+  constructor(code, message, frame = null) {
+    super(message);
+    this.name = "LiveError";
+    this.code = code;
+    this.frame = frame;
+  }
+}
+
+/** Milliseconds to wait before reconnect attempt `attempt` (0, 1, ...): capped, jittered. */
+export function backoffDelay(attempt, [first, max] = BACKOFF, random = Math.random) {
+  return Math.min(max, first * 2 ** attempt) * (0.5 + random() / 2);
+}
+
+/** The WebSocket and HTTP URLs of `url` (resolved against `base`, the page by default). */
+export function endpoints(url, base = globalThis.location?.href) {
+  const resolved = new URL(url, base);
+  if (!["http:", "https:", "ws:", "wss:"].includes(resolved.protocol)) {
+    throw new TypeError(`live.js: expected an http(s) or ws(s) URL, got ${resolved.href}`);
+  }
+  resolved.hash = "";
+  const secure = resolved.protocol === "https:" || resolved.protocol === "wss:";
+  const ws = new URL(resolved.href);
+  ws.protocol = secure ? "wss:" : "ws:";
+  const http = new URL(resolved.href);
+  http.protocol = secure ? "https:" : "http:";
+  return {ws: ws.href, http: http.href};
+}
+
+/** Open a connection to the tornado_live handler at `url`; see the module's documentation. */
+export function connect(url, options = {}) {
+  return new Live(url, options);
+}
+
+export class Live {
+  #urls;
+  #options;
+  #WebSocket;
+  #EventSource;
+  #fetch;
+  #transports;
+  #channels = new Map(); // name -> channel record
+  #types = new Map(); // event type -> Set of handlers
+  #pending = new Map(); // id -> a send() waiting for its reply
+  #outbox = []; // sends waiting for a transport
+  #nextId = 1;
+  #socket = null;
+  #settled = null; // the transport that has worked, kept from then on
+  #candidate = 0; // index into #transports while none has worked
+  #socketFailures = 0;
+  #attempt = 0;
+  #timer = null;
+  #wasLive = false;
+  #online = () => this.#wake();
+
+  /** @type {"connecting" | "live" | "reconnecting" | "closed"} */
+  state = "connecting";
+  /** @type {"websocket" | "sse" | null} */
+  transport = null;
+
+  constructor(url, options = {}) {
+    this.#urls = endpoints(url);
+    this.#options = {
+      ...options,
+      backoff: options.backoff ?? BACKOFF,
+      timeout: options.timeout ?? TIMEOUT,
+    };
+    this.#WebSocket = "WebSocket" in options ? options.WebSocket : globalThis.WebSocket;
+    this.#EventSource = "EventSource" in options ? options.EventSource : globalThis.EventSource;
+    this.#fetch = options.fetch ?? globalThis.fetch?.bind(globalThis);
+    this.#transports = (options.transports ?? ["websocket", "sse"]).filter((name) => {
+      if (name !== "websocket" && name !== "sse") {
+        throw new TypeError(`live.js: unknown transport ${JSON.stringify(name)}`);
+      }
+      return name === "websocket" ? this.#WebSocket : this.#EventSource;
+    });
+    if (this.#transports.length === 0) {
+      throw new TypeError("live.js: neither WebSocket nor EventSource is available");
+    }
+    globalThis.addEventListener?.("online", this.#online);
+    // In a microtask, so that the subscribe() calls right after connect() join the first try.
+    queueMicrotask(() => this.#connect());
+  }
+
+  // -- the API ----------------------------------------------------------------------------------
+
+  subscribe(channel, handler = null, {onRefetch = null, onError = null} = {}) {
+    if (typeof channel !== "string" || channel === "") {
+      throw new TypeError(
+        `live.js: a channel is a non-empty string, got ${JSON.stringify(channel)}`,
+      );
+    }
+    const subscription = {handler, onRefetch, onError, ready: false};
+    if (this.state === "closed") return () => {};
+    let record = this.#channels.get(channel);
+    if (record === undefined) {
+      record = {
+        name: channel,
+        subscriptions: new Set(),
+        epoch: null,
+        offset: null, // the last offset seen; null until the first "subscribed"
+        confirmed: false, // "subscribed" received on the current connection
+        refused: false, // an error answered the current subscribe
+        stale: false, // an onRefetch failed: refetch at the next confirmation
+        holds: 0, // pending onRefetch promises
+        queue: [], // events held back meanwhile
+        requestId: null, // id of the subscribe frame in flight (WebSocket)
+        source: null, // its EventSource (SSE)
+        sourceUrl: null,
+        sourceSpoke: false, // it delivered a message
+        sourceAttempt: 0,
+        sourceTimer: null,
+        next: null, // the EventSource taking over from it (see #handOver)
+        nextUrl: null,
+        nextStart: null, // the offset of next's "subscribed"
+        nextQueue: [], // what next delivered before taking over
+      };
+      record.subscriptions.add(subscription);
+      this.#channels.set(channel, record);
+      this.#join(record);
+    } else {
+      record.subscriptions.add(subscription);
+      if (record.confirmed) queueMicrotask(() => this.#refetch(record, [subscription]));
+    }
+    return () => {
+      if (!record.subscriptions.delete(subscription) || record.subscriptions.size > 0) return;
+      if (this.#channels.get(channel) === record) this.#channels.delete(channel);
+      this.#leave(record);
+      this.#update();
+    };
+  }
+
+  position(channel) {
+    const record = this.#channels.get(channel);
+    return record && record.offset !== null ? {epoch: record.epoch, offset: record.offset} : null;
+  }
+
+  on(type, handler) {
+    if (!this.#types.has(type)) this.#types.set(type, new Set());
+    const handlers = this.#types.get(type);
+    const entry = (event) => handler(event); // the same function may be added twice
+    handlers.add(entry);
+    return () => handlers.delete(entry);
+  }
+
+  send(type, data = null) {
+    if (typeof type !== "string") {
+      return Promise.reject(new TypeError("live.js: send(type, data) takes a string type"));
+    }
+    if (this.state === "closed") {
+      return Promise.reject(new LiveError("closed", "live.js: the connection was closed"));
+    }
+    const id = this.#nextId++;
+    return new Promise((resolve, reject) => {
+      const request = {frame: {type, id, data}, resolve, reject, socket: null, abort: null};
+      request.timer = setTimeout(() => {
+        this.#settle(id);
+        request.abort?.abort();
+        reject(
+          new LiveError("timeout", `no reply to "${type}" within ${this.#options.timeout} ms`),
+        );
+      }, this.#options.timeout);
+      this.#pending.set(id, request);
+      this.#transmit(request);
+    });
+  }
+
+  close() {
+    if (this.state === "closed") return;
+    this.#setState("closed");
+    clearTimeout(this.#timer);
+    globalThis.removeEventListener?.("online", this.#online);
+    this.#dropSocket(1000, "closed by the page");
+    for (const record of this.#channels.values()) this.#closeStream(record);
+    this.#outbox = [];
+    for (const [id, request] of this.#pending) {
+      this.#settle(id);
+      request.abort?.abort();
+      request.reject(new LiveError("closed", "live.js: the connection was closed"));
+    }
+  }
+
+  // -- connecting -------------------------------------------------------------------------------
+
+  #connect() {
+    this.#timer = null;
+    if (this.state === "closed") return;
+    const transport = this.#settled ?? this.#transports[this.#candidate % this.#transports.length];
+    this.transport = transport;
+    if (transport === "websocket") this.#openSocket();
+    else this.#openStreams();
+  }
+
+  #retry() {
+    if (this.state === "closed" || this.#timer !== null) return;
+    this.#setState(this.#wasLive ? "reconnecting" : "connecting");
+    const delay = backoffDelay(this.#attempt++, this.#options.backoff);
+    this.#timer = setTimeout(() => this.#connect(), delay);
+  }
+
+  /** The browser says it is online again: retry now rather than at the end of the backoff. */
+  #wake() {
+    if (this.#timer !== null) {
+      clearTimeout(this.#timer);
+      this.#timer = null;
+      this.#connect();
+    }
+    for (const record of this.#channels.values()) {
+      if (record.sourceTimer !== null) {
+        clearTimeout(record.sourceTimer);
+        record.sourceTimer = null;
+        this.#openStream(record);
+      }
+    }
+  }
+
+  /** The transport in use failed before it ever worked: try the next one (or again). */
+  #fallBack(immediately) {
+    this.#candidate += 1;
+    if (immediately) this.#connect();
+    else this.#retry();
+  }
+
+  #setState(state) {
+    if (this.state === state || this.state === "closed") return;
+    this.state = state;
+    if (state === "live") {
+      this.#wasLive = true;
+      this.#attempt = 0;
+    }
+    try {
+      this.#options.onState?.(state, this);
+    } catch (error) {
+      report(error);
+    }
+  }
+
+  /** Live once the transport is up and every channel has its answer. */
+  #update() {
+    if (this.state === "closed" || this.state === "live") return;
+    const up =
+      this.transport === "sse"
+        ? this.#settled === "sse" || this.#channels.size === 0
+        : this.#socket?.readyState === OPEN;
+    if (!up) return;
+    for (const record of this.#channels.values()) {
+      if (!record.confirmed && !record.refused) return;
+    }
+    this.#setState("live");
+  }
+
+  #join(record) {
+    if (this.transport === "websocket" && this.#socket?.readyState === OPEN) {
+      this.#subscribeFrame(record);
+    } else if (this.transport === "sse" && this.#timer === null) {
+      this.#openStream(record);
+    }
+  }
+
+  #leave(record) {
+    if (
+      this.transport === "websocket" &&
+      this.#socket?.readyState === OPEN &&
+      record.requestId !== null
+    ) {
+      this.#socket.send(JSON.stringify({type: "unsubscribe", channel: record.name}));
+    }
+    this.#closeStream(record);
+  }
+
+  // -- WebSocket --------------------------------------------------------------------------------
+
+  #openSocket() {
+    let socket;
+    let opened = false;
+    try {
+      socket = new this.#WebSocket(this.#urls.ws);
+    } catch (error) {
+      // A blocked or malformed URL can throw at once: the same as failing before "open".
+      this.#socketFailed();
+      return;
+    }
+    this.#socket = socket;
+    socket.onopen = () => {
+      if (socket !== this.#socket) return;
+      opened = true;
+      this.#socketFailures = 0;
+      this.#settled = "websocket";
+      for (const record of this.#channels.values()) {
+        record.confirmed = record.refused = false;
+        this.#subscribeFrame(record);
+      }
+      const waiting = this.#outbox;
+      this.#outbox = [];
+      for (const request of waiting) this.#transmit(request);
+      this.#update();
+    };
+    socket.onmessage = (message) => {
+      if (socket === this.#socket) this.#receive(message.data);
+    };
+    socket.onclose = () => {
+      if (socket !== this.#socket) return;
+      this.#socket = null;
+      if (!opened) {
+        this.#socketFailed();
+        return;
+      }
+      this.#lost(socket);
+      this.#retry();
+    };
+    socket.onerror = () => {}; // a "close" always follows
+  }
+
+  #socketFailed() {
+    this.#socket = null;
+    this.#socketFailures += 1;
+    const canFallBack = this.#settled === null && this.#transports.length > 1;
+    if (canFallBack && this.#socketFailures >= WEBSOCKET_TRIES) {
+      this.#socketFailures = 0;
+      this.#fallBack(true);
+    } else {
+      this.#retry();
+    }
+  }
+
+  /** The socket closed: its channels are unconfirmed, its unanswered sends rejected. */
+  #lost(socket) {
+    for (const record of this.#channels.values()) {
+      record.confirmed = false;
+      record.requestId = null;
+    }
+    for (const [id, request] of this.#pending) {
+      if (request.socket === socket) {
+        this.#settle(id);
+        request.reject(
+          new LiveError(
+            "disconnected",
+            `the connection closed before "${request.frame.type}" was answered`,
+          ),
+        );
+      }
+    }
+  }
+
+  #dropSocket(code, reason) {
+    const socket = this.#socket;
+    this.#socket = null;
+    if (socket) {
+      socket.onopen = socket.onmessage = socket.onclose = socket.onerror = null;
+      try {
+        socket.close(code, reason);
+      } catch (error) {
+        // already closing
+      }
+    }
+  }
+
+  #subscribeFrame(record) {
+    const id = this.#nextId++;
+    const frame = {type: "subscribe", channel: record.name, id};
+    if (record.offset !== null && record.epoch !== null) {
+      frame.since = record.offset;
+      frame.epoch = record.epoch;
+    }
+    record.requestId = id;
+    this.#socket.send(JSON.stringify(frame));
+  }
+
+  // -- Server-Sent Events -----------------------------------------------------------------------
+
+  #openStreams() {
+    this.#dropSocket(1000, "falling back to Server-Sent Events");
+    for (const record of this.#channels.values()) this.#openStream(record);
+    const waiting = this.#outbox;
+    this.#outbox = [];
+    for (const request of waiting) this.#transmit(request);
+    this.#update();
+  }
+
+  /** The stream URL of a channel: with the epoch once known, and `since` to recover. */
+  #streamUrl(record, since) {
+    const url = new URL(this.#urls.http);
+    url.searchParams.set("channel", record.name);
+    if (record.epoch !== null) {
+      if (since && record.offset !== null) url.searchParams.set("since", String(record.offset));
+      url.searchParams.set("epoch", record.epoch);
+    }
+    return url.href;
+  }
+
+  /** Open the channel's stream, recovering from the last offset seen if there is one. */
+  #openStream(record) {
+    this.#closeStream(record);
+    if (this.state === "closed" || this.#channels.get(record.name) !== record) return;
+    const url = this.#streamUrl(record, true);
+    record.confirmed = record.refused = false;
+    this.#adopt(record, new this.#EventSource(url), url, false);
+  }
+
+  /** Make `source` the channel's stream; `spoke`: it has delivered a message already. */
+  #adopt(record, source, url, spoke) {
+    record.source = source;
+    record.sourceUrl = url;
+    record.sourceSpoke = spoke;
+    source.onmessage = (message) => {
+      if (record.source !== source) return;
+      record.sourceSpoke = true;
+      const frame = this.#receive(message.data);
+      if (frame?.type === "subscribed" && frame.channel === record.name) {
+        this.#settled ??= "sse";
+        record.sourceAttempt = 0;
+        this.#update();
+        if (record.source === source && url !== this.#streamUrl(record, false)) {
+          this.#handOver(record);
+        }
+      } else {
+        this.#promote(record);
+      }
+    };
+    source.onerror = () => {
+      if (record.source !== source) return;
+      record.confirmed = false;
+      this.#closeNext(record);
+      if (source.readyState === CONNECTING && this.#settled === "sse") {
+        // The browser reconnects by itself, sending Last-Event-ID.
+        if (this.#wasLive) this.#setState("reconnecting");
+        return;
+      }
+      this.#closeStream(record);
+      if (record.sourceSpoke) this.#streamRetry(record);
+      else this.#streamRefused(record, url);
+    };
+  }
+
+  /**
+   * Replace the channel's stream by one whose URL carries the current epoch and no `since`,
+   * so that the browser's own reconnects recover from Last-Event-ID (a `since` in the URL
+   * would be stale by then, and the server prefers it). The two streams overlap: the new one
+   * takes over once the old one has delivered every event up to the new one's `subscribed`,
+   * so nothing falls between them; offsets drop what both delivered.
+   */
+  #handOver(record) {
+    this.#closeNext(record);
+    const url = this.#streamUrl(record, false);
+    const next = new this.#EventSource(url);
+    Object.assign(record, {next, nextUrl: url, nextStart: null, nextQueue: []});
+    next.onmessage = (message) => {
+      if (record.next !== next) return;
+      let frame = null;
+      try {
+        frame = JSON.parse(message.data);
+      } catch (error) {
+        // reported when it is delivered
+      }
+      if (
+        record.nextStart === null &&
+        frame?.type === "subscribed" &&
+        frame.channel === record.name
+      ) {
+        if (frame.epoch !== record.epoch) {
+          this.#closeNext(record); // the history was reset meanwhile; the old stream says so
+          return;
+        }
+        record.nextStart = frame.offset;
+        this.#promote(record);
+      } else {
+        record.nextQueue.push(message.data);
+      }
+    };
+    next.onerror = () => {
+      if (record.next === next) this.#closeNext(record);
+    };
+  }
+
+  /** The new stream takes over once the old one delivered everything up to its start. */
+  #promote(record) {
+    if (!record.next || record.nextStart === null || record.offset === null) return;
+    if (record.offset < record.nextStart) return; // the old stream still has events to deliver
+    const {next, nextUrl, nextQueue} = record;
+    record.next = null;
+    record.nextQueue = [];
+    const old = record.source;
+    if (old) {
+      old.onmessage = old.onerror = null;
+      old.close();
+    }
+    this.#adopt(record, next, nextUrl, true);
+    for (const data of nextQueue) this.#receive(data);
+  }
+
+  #closeNext(record) {
+    if (record.next) {
+      record.next.onmessage = record.next.onerror = null;
+      record.next.close();
+    }
+    record.next = null;
+    record.nextQueue = [];
+  }
+
+  #closeStream(record) {
+    clearTimeout(record.sourceTimer);
+    record.sourceTimer = null;
+    this.#closeNext(record);
+    if (record.source) {
+      record.source.onmessage = record.source.onerror = null;
+      record.source.close();
+      record.source = null;
+    }
+  }
+
+  #streamRetry(record) {
+    // Only for the streams of the attempt in progress (not one already given up on).
+    if (this.state === "closed" || this.transport !== "sse" || this.#timer !== null) return;
+    if (this.#settled !== "sse") {
+      // Event streams never worked either: the server is unreachable. Back to the first.
+      for (const other of this.#channels.values()) this.#closeStream(other);
+      this.#fallBack(false);
+      return;
+    }
+    if (this.#wasLive) this.#setState("reconnecting");
+    const delay = backoffDelay(record.sourceAttempt++, this.#options.backoff);
+    record.sourceTimer = setTimeout(() => {
+      record.sourceTimer = null;
+      this.#openStream(record);
+    }, delay);
+  }
+
+  /** A stream failed before its first message: a refused channel (4xx), or no server? */
+  async #streamRefused(record, url) {
+    let frame = null;
+    try {
+      const response = await this.#fetch(url, {headers: {Accept: "text/event-stream"}});
+      if (response.status >= 400 && response.status < 500) frame = await response.json();
+      else response.body?.cancel();
+    } catch (error) {
+      // unreachable, or not JSON: not a refusal
+    }
+    if (this.state === "closed" || this.#channels.get(record.name) !== record || record.source) {
+      return;
+    }
+    if (frame?.type !== "error") {
+      this.#streamRetry(record);
+      return;
+    }
+    this.#settled ??= "sse";
+    record.refused = true;
+    this.#refused(record, frame);
+    this.#update();
+  }
+
+  // -- frames -----------------------------------------------------------------------------------
+
+  #receive(text) {
+    let frame;
+    try {
+      frame = JSON.parse(text);
+    } catch (error) {
+      this.#error(
+        new LiveError(
+          "invalid_json",
+          `live.js: a frame that is not JSON: ${String(text).slice(0, 100)}`,
+        ),
+      );
+      return null;
+    }
+    if (frame === null || typeof frame !== "object") return null;
+    const record =
+      typeof frame.channel === "string" ? this.#channels.get(frame.channel) : undefined;
+    switch (frame.type) {
+      case "subscribed":
+        if (record && (this.transport === "sse" || frame.id === record.requestId)) {
+          this.#subscribed(record, frame);
+        }
+        break;
+      case "unsubscribed":
+        break;
+      case "reply": {
+        const request = this.#pending.get(frame.id);
+        if (request) {
+          this.#settle(frame.id);
+          request.resolve(frame.data);
+        }
+        break;
+      }
+      case "error": {
+        const request = frame.id === undefined ? undefined : this.#pending.get(frame.id);
+        // A refused subscribe: its error carries the frame's id, not always the channel.
+        const refused =
+          frame.id === undefined
+            ? undefined
+            : [...this.#channels.values()].find((candidate) => candidate.requestId === frame.id);
+        if (request) {
+          this.#settle(frame.id);
+          request.reject(errorOf(frame));
+        } else if (refused) {
+          refused.refused = true;
+          this.#refused(refused, frame);
+          this.#update();
+        } else {
+          this.#error(errorOf(frame));
+        }
+        break;
+      }
+      default:
+        if (record && Number.isInteger(frame.offset)) this.#event(record, frame);
+    }
+    return frame;
+  }
+
+  #subscribed(record, frame) {
+    const first = record.offset === null;
+    // Subscribed again without asking to recover (an event stream reconnecting without
+    // Last-Event-ID): events were lost if the channel moved on, or its history was reset.
+    const moved =
+      frame.recovered === undefined &&
+      (frame.epoch !== record.epoch || frame.offset !== record.offset);
+    record.epoch = frame.epoch ?? null;
+    record.offset = frame.offset;
+    record.confirmed = true;
+    record.refused = false;
+    if (first || moved || frame.recovered === false || record.stale) {
+      this.#refetch(record, [...record.subscriptions]);
+    } else {
+      const newcomers = [...record.subscriptions].filter((subscription) => !subscription.ready);
+      if (newcomers.length) this.#refetch(record, newcomers);
+    }
+    this.#update();
+  }
+
+  #event(record, frame) {
+    if (record.offset === null || frame.offset <= record.offset) return; // not ours yet, or seen
+    const gap = frame.offset > record.offset + 1;
+    record.offset = frame.offset;
+    if (gap) this.#refetch(record, [...record.subscriptions]);
+    if (record.holds > 0) record.queue.push(frame);
+    else this.#deliver(record, frame);
+  }
+
+  #deliver(record, frame) {
+    for (const subscription of [...record.subscriptions]) {
+      if (subscription.handler) call(subscription.handler, frame);
+    }
+    for (const handler of [...(this.#types.get(frame.type) ?? [])]) call(handler, frame);
+  }
+
+  #refetch(record, subscriptions) {
+    record.holds += 1;
+    const calls = subscriptions.map((subscription) => {
+      subscription.ready = true;
+      return subscription.onRefetch
+        ? new Promise((resolve) => resolve(subscription.onRefetch()))
+        : null;
+    });
+    Promise.allSettled(calls).then((results) => {
+      const failed = results.filter((result) => result.status === "rejected");
+      record.stale = failed.length > 0;
+      for (const result of failed) {
+        this.#error(
+          new LiveError("refetch_failed", `onRefetch failed for ${record.name}: ${result.reason}`),
+        );
+      }
+      record.holds -= 1;
+      while (record.holds === 0 && record.queue.length) this.#deliver(record, record.queue.shift());
+    });
+  }
+
+  #refused(record, frame) {
+    const error = errorOf(frame);
+    let told = false;
+    for (const subscription of record.subscriptions) {
+      if (subscription.onError) {
+        told = true;
+        call(subscription.onError, error);
+      }
+    }
+    if (!told) this.#error(error);
+  }
+
+  #error(error) {
+    if (this.#options.onError) call(this.#options.onError, error, this);
+    else console.warn("live.js:", error.message);
+  }
+
+  // -- send -------------------------------------------------------------------------------------
+
+  #transmit(request) {
+    if (this.transport === "websocket" && this.#socket?.readyState === OPEN) {
+      request.socket = this.#socket;
+      this.#socket.send(JSON.stringify(request.frame));
+    } else if (this.transport === "sse" && this.#timer === null) {
+      this.#post(request);
+    } else {
+      this.#outbox.push(request);
+    }
+  }
+
+  async #post(request) {
+    const {id} = request.frame;
+    request.abort = new AbortController();
+    let frame;
+    try {
+      const response = await this.#fetch(this.#urls.http, {
+        method: "POST",
+        headers: {"Content-Type": "application/json", Accept: "application/json"},
+        body: JSON.stringify(request.frame),
+        signal: request.abort.signal,
+      });
+      try {
+        frame = await response.json();
+      } catch (error) {
+        frame = {
+          type: "error",
+          code: "bad_response",
+          message: `HTTP ${response.status} without a JSON frame`,
+        };
+      }
+    } catch (error) {
+      frame = {
+        type: "error",
+        code: "network_error",
+        message: `POST ${this.#urls.http} failed: ${error}`,
+      };
+    }
+    if (!this.#pending.has(id)) return; // timed out or closed meanwhile
+    this.#settle(id);
+    if (frame?.type === "reply") request.resolve(frame.data);
+    else if (frame?.type === "error") request.reject(errorOf(frame));
+    else
+      request.reject(
+        new LiveError("bad_response", `expected a reply frame, got ${JSON.stringify(frame)}`),
+      );
+  }
+
+  #settle(id) {
+    const request = this.#pending.get(id);
+    if (request) clearTimeout(request.timer);
+    this.#pending.delete(id);
+    const index = this.#outbox.indexOf(request);
+    if (index >= 0) this.#outbox.splice(index, 1);
+  }
+}
+
+function errorOf(frame) {
+  return new LiveError(frame.code ?? "error", frame.message ?? JSON.stringify(frame), frame);
+}
+
+/** Call a page's callback; what it throws is reported, never breaks the client. */
+function call(callback, ...args) {
+  try {
+    callback(...args);
+  } catch (error) {
+    report(error);
+  }
+}
+
+function report(error) {
+  if (typeof globalThis.reportError === "function") globalThis.reportError(error);
+  else console.error(error);
+}
