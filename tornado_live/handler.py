@@ -14,7 +14,7 @@ import logging
 import random
 import re
 import struct
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
@@ -123,15 +123,22 @@ class LiveMixin(_Base):
         frame = self._fit(stream, frame)
         try:
             if self._plain:
-                stream.write(_header(len(frame)) + frame)
+                stream.write(_WEBSOCKET(frame))
             else:
                 connection.write_message(frame)
         except StreamBufferFullError:
-            log.warning("closing %s: more than %d bytes unread", self, stream.max_write_buffer_size)
-            self.hub.leave(self)  # at once: the close handshake may take a while
-            self.close(1013, "too slow: reconnect and recover with since")
+            self._too_slow(stream)
         except (StreamClosedError, tornado.websocket.WebSocketClosedError):
             pass
+
+    def _too_slow(self, stream: IOStream) -> None:
+        """Cut off a client that let ``live_max_pending`` bytes pile up unread."""
+        log.warning("closing %s: more than %d bytes unread", self, stream.max_write_buffer_size)
+        self.hub.leave(self)  # at once: the close handshake may take a while
+        if self._events is not None:
+            stream.close()
+        else:
+            self.close(1013, "too slow: reconnect and recover with since")
 
     def reset(self, reason: str) -> None:
         """Close with code 1012 (service restart), or end the event stream: events this
@@ -191,10 +198,15 @@ class LiveMixin(_Base):
                 )
             answer = await self._answer(frame) or protocol.reply(None, id=frame.id)
         except ProtocolError as exc:
-            self.set_status(_STATUS.get(exc.code, 400))
-            answer = exc.frame()
+            self._respond(exc.frame(), _STATUS.get(exc.code, 400))
+            return
+        self._respond(answer, 200)
+
+    def _respond(self, frame: bytes, status: int) -> None:
+        """Answer an HTTP request with one frame as its JSON body."""
+        self.set_status(status)
         self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.finish(answer)
+        self.finish(frame)
 
     async def _event_stream(self) -> None:
         """Serve ``?channel=<name>[&since=<offset>&epoch=<epoch>]`` as Server-Sent Events."""
@@ -214,30 +226,15 @@ class LiveMixin(_Base):
             position = None if since is None else _offset(since, channel)
             epoch = self.get_query_argument("epoch", None)
             await self._authorize(channel, None)
+            self.set_header("Content-Type", "text/event-stream")
+            self.set_header("Cache-Control", "no-cache")
+            self.set_header("X-Accel-Buffering", "no")  # nginx: pass each event on at once
+            self._events = done = asyncio.Event()
+            await self._join(channel, position, epoch, None)
         except ProtocolError as exc:
-            self.set_status(_STATUS.get(exc.code, 400))
-            self.set_header("Content-Type", "application/json; charset=utf-8")
-            self.finish(exc.frame())
-            return
-        self.set_header("Content-Type", "text/event-stream")
-        self.set_header("Cache-Control", "no-cache")
-        self.set_header("X-Accel-Buffering", "no")  # nginx: pass each event on at once
-        self._events = done = asyncio.Event()
-        try:
-            await self.hub.subscribe(self, channel, since=position, epoch=epoch)
-        except Exception as exc:
-            log.exception("subscribing to %r failed", channel)
             self._events = None
             if not self._headers_written:
-                self.set_status(503)
-                self.set_header("Content-Type", "application/json; charset=utf-8")
-                self.finish(
-                    protocol.error(
-                        "unavailable",
-                        f"could not subscribe to {channel!r} ({type(exc).__name__}); try again",
-                        channel=channel,
-                    )
-                )
+                self._respond(exc.frame(), _STATUS.get(exc.code, 400))
             return
         # Browsers reconnect after 1-3 s, each at another moment (not all at once after a
         # restart).
@@ -251,9 +248,7 @@ class LiveMixin(_Base):
         self.hub.leave(self)
 
     def _send_event(self, frame: bytes) -> None:
-        match = _OFFSET.match(frame)
-        head = b"id: " + match[1] + b"\n" if match else b""
-        self._write_event(head + b"data: " + frame + b"\n\n")
+        self._write_event(_EVENT_STREAM(frame))
 
     def _write_event(self, message: bytes) -> None:
         stream = getattr(self.request.connection, "stream", None)
@@ -264,9 +259,7 @@ class LiveMixin(_Base):
             self.write(message)
             self.flush()
         except StreamBufferFullError:
-            log.warning("closing %s: more than %d bytes unread", self, stream.max_write_buffer_size)
-            self.hub.leave(self)
-            stream.close()
+            self._too_slow(stream)
         except StreamClosedError:
             pass
 
@@ -309,10 +302,13 @@ class LiveMixin(_Base):
     async def _subscribe(self, frame: Subscribe) -> None:
         channel, id = frame.channel, frame.id
         await self._authorize(channel, id)
-        if self.ws_connection is None:
-            return
+        if self.ws_connection is not None:
+            await self._join(channel, frame.since, frame.epoch, id)
+
+    async def _join(self, channel: str, since: int | None, epoch: str | None, id: Id) -> None:
+        """Subscribe through the hub; a broker failure becomes an ``unavailable`` error."""
         try:
-            await self.hub.subscribe(self, channel, since=frame.since, epoch=frame.epoch, id=id)
+            await self.hub.subscribe(self, channel, since=since, epoch=epoch, id=id)
         except Exception as exc:
             log.exception("subscribing to %r failed", channel)
             raise ProtocolError(
@@ -422,13 +418,45 @@ def _offset(text: str, channel: str) -> int:
     return int(text)
 
 
-def _header(length: int) -> bytes:
-    """The header of an unmasked, final text frame of ``length`` bytes (RFC 6455 5.2)."""
+class _Once:
+    """Turn a frame into its wire form once per event, not once per connection.
+
+    The hub hands the *same* bytes object to every connection of a channel in a row, so
+    remembering the last frame (by identity) and its wire form is enough.
+    """
+
+    def __init__(self, build: Callable[[bytes], bytes]) -> None:
+        self.build = build
+        self.frame: bytes | None = None
+        self.wire = b""
+
+    def __call__(self, frame: bytes) -> bytes:
+        if frame is not self.frame:
+            self.frame, self.wire = frame, self.build(frame)
+        return self.wire
+
+
+def _websocket(frame: bytes) -> bytes:
+    """An unmasked, final text frame (RFC 6455 5.2) carrying ``frame``."""
+    length = len(frame)
     if length < 126:
-        return bytes((0x81, length))
-    if length < 1 << 16:
-        return struct.pack("!BBH", 0x81, 126, length)
-    return struct.pack("!BBQ", 0x81, 127, length)
+        header = bytes((0x81, length))
+    elif length < 1 << 16:
+        header = struct.pack("!BBH", 0x81, 126, length)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, length)
+    return header + frame
+
+
+def _event_stream(frame: bytes) -> bytes:
+    """A Server-Sent Events message carrying ``frame``, its offset (if any) as ``id``."""
+    match = _OFFSET.match(frame)
+    head = b"id: " + match[1] + b"\n" if match else b""
+    return head + b"data: " + frame + b"\n\n"
+
+
+_WEBSOCKET: Final = _Once(_websocket)
+_EVENT_STREAM: Final = _Once(_event_stream)
 
 
 class LiveHandler(LiveMixin, tornado.websocket.WebSocketHandler):
