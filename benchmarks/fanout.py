@@ -50,7 +50,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
 from tornado_live import Hub, LiveHandler
-from tornado_live.protocol import Event, encode_data
+from tornado_live.protocol import Event, Position, encode_data
 
 Mode = Literal["live", "naive"]
 MODES: tuple[Mode, ...] = ("live", "naive")
@@ -459,7 +459,7 @@ def machine() -> list[tuple[str, str]]:
 
 def frame_sizes() -> dict[Mode, int]:
     """Bytes of one event frame's payload on the wire, as each mode encodes it."""
-    live = Event(CHANNEL, TYPE, 1, encode_data(USER)).frame
+    live = Event(CHANNEL, TYPE, Position("e", 1), encode_data(USER)).frame
     naive = tornado.escape.utf8(tornado.escape.json_encode(naive_event(1)))
     return {"live": len(live), "naive": len(naive)}
 

@@ -11,7 +11,7 @@ from typing import Any
 import tornado.web
 import tornado.websocket
 
-from tornado_live import Hub, LiveMixin, ProtocolError, PublishError, static_route
+from tornado_live import Hub, LiveMixin, PublishError, Refused, message, static_route
 
 from .users import User
 
@@ -130,10 +130,11 @@ class UserHandler(JsonHandler):
 class Live(LiveMixin, tornado.websocket.WebSocketHandler):
     """The live socket: every channel is public; one message the page may send."""
 
-    async def on_email_taken(self, data: Any) -> bool:
+    @message
+    async def email_taken(self, data: Any) -> bool:
         # {"type": "email_taken", "id": 1, "data": "ada@example.com"} -> reply true/false
         if not isinstance(data, str):
-            raise ProtocolError("invalid_email", f"email_taken takes a string; got {data!r}")
+            raise Refused("invalid_email", f"email_taken takes a string; got {data!r}")
         return bool(await User.find({"email": data.strip()}))
         # --8<-- [end:live]
 

@@ -15,12 +15,13 @@ from collections.abc import Callable, Iterator
 from functools import partial
 
 import pytest
+from redis.asyncio import Redis
 from tornado.ioloop import IOLoop
 
 from tornado_live.brokers import Broker, from_url
 from tornado_live.brokers.memory import MemoryBroker
 from tornado_live.brokers.redis import RedisBroker
-from tornado_live.protocol import Event, encode_data
+from tornado_live.protocol import Event, Position, encode_data
 
 MakeBroker = Callable[..., Broker]
 
@@ -58,15 +59,27 @@ def make_broker(request: pytest.FixtureRequest, io_loop: IOLoop) -> Iterator[Mak
 
 
 class Inbox:
-    """A subscriber callback that keeps what it is given, and can wait for more."""
+    """A subscription's callbacks: keeps the events (and gaps) it is given, and can wait."""
 
     def __init__(self) -> None:
         self.events: list[Event] = []
+        self.gaps: list[tuple[str, Position]] = []
         self._arrived = asyncio.Event()
 
     def __call__(self, event: Event) -> None:
         self.events.append(event)
         self._arrived.set()
+
+    def gap(self, channel: str, position: Position) -> None:
+        self.gaps.append((channel, position))
+        self._arrived.set()
+
+    async def wait_gap(self, timeout: float = 5.0) -> tuple[str, Position]:
+        async with asyncio.timeout(timeout):
+            while not self.gaps:
+                self._arrived.clear()
+                await self._arrived.wait()
+        return self.gaps[0]
 
     async def wait(self, count: int, timeout: float = 5.0) -> list[Event]:
         async with asyncio.timeout(timeout):
@@ -102,9 +115,9 @@ async def test_offsets_are_consecutive_per_channel(make_broker: MakeBroker) -> N
 async def test_subscribers_get_every_event_in_order(make_broker: MakeBroker) -> None:
     broker = make_broker()
     first, second, elsewhere = Inbox(), Inbox(), Inbox()
-    await broker.subscribe("users", first)
-    await broker.subscribe("users", second)
-    await broker.subscribe("users/1", elsewhere)
+    await broker.subscribe("users", first, first.gap)
+    await broker.subscribe("users", second, second.gap)
+    await broker.subscribe("users/1", elsewhere, elsewhere.gap)
     await publish(broker, "users", 20)
     for inbox in (first, second):
         events = await inbox.wait(20)
@@ -117,8 +130,8 @@ async def test_subscribers_get_every_event_in_order(make_broker: MakeBroker) -> 
 async def test_unsubscribe_stops_delivery(make_broker: MakeBroker) -> None:
     broker = make_broker()
     kept, dropped = Inbox(), Inbox()
-    await broker.subscribe("users", kept)
-    await broker.subscribe("users", dropped)
+    await broker.subscribe("users", kept, kept.gap)
+    await broker.subscribe("users", dropped, dropped.gap)
     await publish(broker, "users", 1)
     await dropped.wait(1)
     await broker.unsubscribe("users", dropped)
@@ -133,22 +146,22 @@ async def test_unsubscribe_stops_delivery(make_broker: MakeBroker) -> None:
 async def test_history_without_since_is_the_position(make_broker: MakeBroker) -> None:
     broker = make_broker()
     empty = await broker.history("users")
-    assert (empty.offset, list(empty.events), empty.recovered) == (0, [], True)
+    assert (empty.position.offset, list(empty.events), empty.recovered) == (0, [], True)
     await publish(broker, "users", 4)
-    position = await broker.history("users")
-    assert position.offset == 4
-    assert position.epoch == empty.epoch
-    assert list(position.events) == []
+    now = await broker.history("users")
+    assert now.position.offset == 4
+    assert now.position.epoch == empty.position.epoch
+    assert list(now.events) == []
 
 
 @pytest.mark.gen_test
 async def test_history_since_returns_exactly_what_was_missed(make_broker: MakeBroker) -> None:
     broker = make_broker()
     await publish(broker, "users", 5)
-    epoch = (await broker.history("users")).epoch
+    epoch = (await broker.history("users")).position.epoch
     missed = await broker.history("users", since=2, epoch=epoch)
     assert missed.recovered
-    assert missed.offset == 5
+    assert missed.position.offset == 5
     assert [event.offset for event in missed.events] == [3, 4, 5]
     assert [json.loads(event.data)["n"] for event in missed.events] == [2, 3, 4]
     assert list((await broker.history("users", since=5, epoch=epoch)).events) == []
@@ -163,7 +176,7 @@ async def test_history_that_no_longer_reaches_back_is_not_recovered(
     await publish(broker, "users", 10)
     assert [e.offset for e in (await broker.history("users", since=7)).events] == [8, 9, 10]
     lost = await broker.history("users", since=6)
-    assert (lost.recovered, list(lost.events), lost.offset) == (False, [], 10)
+    assert (lost.recovered, list(lost.events), lost.position.offset) == (False, [], 10)
 
 
 @pytest.mark.gen_test
@@ -204,8 +217,8 @@ async def test_a_failing_subscriber_does_not_stop_the_others(make_broker: MakeBr
         raise RuntimeError("subscriber bug")
 
     inbox = Inbox()
-    await broker.subscribe("users", broken)
-    await broker.subscribe("users", inbox)
+    await broker.subscribe("users", broken, inbox.gap)
+    await broker.subscribe("users", inbox, inbox.gap)
     await publish(broker, "users", 2)
     assert [event.offset for event in await inbox.wait(2)] == [1, 2]
 
@@ -215,12 +228,47 @@ async def test_two_hubs_sharing_a_broker_see_the_same_offsets(make_broker: MakeB
     # What processes sharing a broker rely on: one offset sequence, seen identically.
     broker = make_broker()
     a, b = Inbox(), Inbox()
-    await broker.subscribe("users", a)
-    await broker.subscribe("users", b)
+    await broker.subscribe("users", a, a.gap)
+    await broker.subscribe("users", b, b.gap)
     await asyncio.gather(publish(broker, "users", 5), publish(broker, "users", 5, start=100))
     events_a, events_b = await a.wait(10), await b.wait(10)
     assert [e.offset for e in events_a] == list(range(1, 11))
     assert [e.frame for e in events_a] == [e.frame for e in events_b]
+
+
+async def lose(broker: Broker, channel: str, request: pytest.FixtureRequest) -> None:
+    """Make ``broker`` lose ``channel``'s history for good, as a flushed Redis would."""
+    if isinstance(broker, MemoryBroker):
+        broker.forget(channel)
+        return
+    assert isinstance(broker, RedisBroker)
+    async with Redis.from_url(request.getfixturevalue("redis_server")) as admin:
+        keys = await admin.keys(f"{broker.prefix}:*")
+        await admin.delete(*keys)
+    # The new life shows when the next event arrives (published from anywhere).
+    await broker.publish(channel, "updated_user", encode_data({"n": "new life"}))
+
+
+@pytest.mark.gen_test
+async def test_every_subscription_of_a_channel_is_told_of_a_gap(
+    make_broker: MakeBroker, request: pytest.FixtureRequest
+) -> None:
+    # Two hubs on one broker hold two subscriptions: both must hear of lost events.
+    broker = make_broker()
+    first, second, elsewhere = Inbox(), Inbox(), Inbox()
+    await broker.subscribe("users", first, first.gap)
+    await broker.subscribe("users", second, second.gap)
+    await broker.subscribe("orders", elsewhere, elsewhere.gap)
+    await publish(broker, "users", 2)
+    await first.wait(2)
+    await lose(broker, "users", request)
+    now = (await broker.history("users")).position
+    for inbox in (first, second):
+        channel, position = await inbox.wait_gap()
+        assert channel == "users"
+        assert position.epoch == now.epoch
+        assert position.offset in (0, 1)  # the memory broker says at once, Redis at offset 1
+    assert elsewhere.gaps == []
 
 
 # -- MemoryBroker specifics ----------------------------------------------------------------
@@ -230,17 +278,17 @@ async def test_two_hubs_sharing_a_broker_see_the_same_offsets(make_broker: MakeB
 async def test_memory_broker_forgets_idle_channels_with_a_new_epoch() -> None:
     broker = MemoryBroker(channels=2)
     inbox = Inbox()
-    await broker.subscribe("kept", inbox)
+    await broker.subscribe("kept", inbox, inbox.gap)
     await publish(broker, "kept", 1)
     await publish(broker, "a", 3)
     old = await broker.history("a")
     await publish(broker, "b", 1)  # a third channel: "a" (idle, least recent) is forgotten
-    new = await broker.history("a", since=old.offset, epoch=old.epoch)
-    assert (new.recovered, new.offset) == (False, 0)
-    assert new.epoch != old.epoch
+    new = await broker.history("a", since=old.position.offset, epoch=old.position.epoch)
+    assert (new.recovered, new.position.offset) == (False, 0)
+    assert new.position.epoch != old.position.epoch
     # A channel with a subscriber is never forgotten.
     kept = await broker.history("kept")
-    assert kept.offset == 1
+    assert kept.position.offset == 1
     await publish(broker, "kept", 1)
     assert [e.offset for e in await inbox.wait(2)] == [1, 2]
 

@@ -175,7 +175,7 @@ async def test_bad_requests_get_clear_errors_and_publish_nothing(
     response = await call(http_client, f"{base_url}/users", "POST", body, **headers)
     assert response.code == code
     assert says in json.loads(response.body)["error"]
-    assert (await hub.broker.history("users")).offset == 0
+    assert (await hub.broker.history("users")).position.offset == 0
 
 
 @pytest.mark.gen_test
@@ -199,7 +199,7 @@ async def test_cross_site_writes_are_refused(
         **{"Sec-Fetch-Site": "cross-site"},
     )
     assert response.code == 403
-    assert (await hub.broker.history("users")).offset == 0
+    assert (await hub.broker.history("users")).position.offset == 0
 
 
 @pytest.mark.gen_test

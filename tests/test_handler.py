@@ -15,8 +15,8 @@ import tornado.web
 from tornado.httpclient import HTTPClientError
 from tornado.websocket import WebSocketHandler, websocket_connect
 
-from tornado_live import Client, ClientError, Hub, LiveHandler, LiveMixin, ProtocolError
-from tornado_live.brokers import History
+from tornado_live import Client, ClientError, Hub, LiveHandler, LiveMixin, Refused, message
+from tornado_live.brokers.memory import MemoryBroker
 from tornado_live.testing import ws_url
 
 pytestmark = pytest.mark.gen_test
@@ -37,21 +37,32 @@ class Live(LiveMixin, WebSocketHandler):
             return self.current_user is not None and channel == f"private/{self.current_user}"
         return True
 
-    async def on_echo(self, data: Any) -> Any:
+    @message
+    async def echo(self, data: Any) -> Any:
         await asyncio.sleep(0)
         return data
 
-    def on_add(self, data: dict[str, int]) -> int:
+    @message
+    def add(self, data: dict[str, int]) -> int:
         return data["a"] + data["b"]
 
-    def on_fail(self, data: Any) -> None:
+    @message
+    def fail(self, data: Any) -> None:
         raise RuntimeError("a bug in the application")
 
-    def on_refuse(self, data: Any) -> None:
-        raise ProtocolError("invalid_data", "refuse always refuses")
+    @message("refuse")
+    def say_no(self, data: Any) -> None:
+        raise Refused("invalid_data", "refuse always refuses")
 
-    def on_forget(self, data: Any) -> None:
+    @message
+    def forget(self, data: Any) -> None:
         return None
+
+    def on_helper(self, data: Any) -> str:  # an on_* helper, never declared
+        return "reached"
+
+    def helper(self, data: Any) -> str:  # a plain method, never declared
+        return "reached"
 
     def on_close(self) -> None:  # users override on_close; the hub must still be left
         self.closed.append(str(self.current_user))
@@ -119,9 +130,11 @@ async def test_handler_errors_are_answered_and_the_socket_stays(live_connect: An
 
 
 @pytest.mark.parametrize(
-    "name", ["close", "message", "connection_close", "ping", "pong", "finish", "open_"]
+    "name",
+    ["close", "message", "connection_close", "ping", "pong", "finish", "open_", "helper"]
+    + ["on_helper", "say_no", "get", "post", "initialize", "can_subscribe"],
 )
-async def test_tornados_own_hooks_cannot_be_called(live_connect: Any, name: str) -> None:
+async def test_only_declared_messages_can_be_called(live_connect: Any, name: str) -> None:
     client = await live_connect("/live")
     with pytest.raises(ClientError) as raised:
         await client.request(name)
@@ -243,7 +256,7 @@ async def test_the_ready_made_handler(live_connect: Any, hub: Hub) -> None:
     with pytest.raises(ClientError) as raised:
         await client.request("echo")
     assert raised.value.code == "unknown_type"
-    assert "application messages: none" in raised.value.frame["message"]
+    assert "the messages it declares: none" in raised.value.frame["message"]
 
 
 def frame(payload: bytes) -> bytes:
@@ -418,12 +431,13 @@ async def test_an_event_stream_carries_the_same_frames_with_offsets_as_ids(
         assert stream.headers["content-type"] == "text/event-stream"
         assert stream.headers["cache-control"] == "no-cache"
         id, subscribed = await stream.message()
-        assert (id, subscribed["type"], subscribed["offset"]) == ("0", "subscribed", 0)
+        epoch = subscribed["epoch"]
+        assert (id, subscribed["type"], subscribed["offset"]) == (f"{epoch}:0", "subscribed", 0)
         for n in range(3):
             await hub.publish("users", "updated_user", {"n": n})
         for n in range(3):
             id, event = await stream.message()
-            assert id == str(n + 1)
+            assert id == f"{epoch}:{n + 1}"
             assert event == {
                 "type": "updated_user",
                 "channel": "users",
@@ -447,13 +461,13 @@ async def test_last_event_id_recovers_what_a_dropped_stream_missed(
     first.close()  # the stream drops
     for n in range(1, 4):
         await hub.publish("users", "updated_user", {"n": n})
-    # The browser reconnects to the same URL (which carries the epoch) with Last-Event-ID.
-    again = await EventStream.open(
-        base_url, f"channel=users&epoch={subscribed['epoch']}", **{"Last-Event-ID": str(last_id)}
-    )
+    # The browser reconnects to the same URL with Last-Event-ID, which carries the epoch.
+    epoch = subscribed["epoch"]
+    assert last_id == f"{epoch}:1"
+    again = await EventStream.open(base_url, "channel=users", **{"Last-Event-ID": last_id})
     try:
         missed = [await again.message() for _ in range(4)]
-        assert [id for id, _ in missed] == ["2", "3", "4", "4"]
+        assert [id for id, _ in missed] == [f"{epoch}:{n}" for n in (2, 3, 4, 4)]
         assert [frame["data"]["n"] for _, frame in missed[:3]] == [1, 2, 3]
         assert missed[3][1]["type"] == "subscribed"
         assert missed[3][1]["recovered"] is True
@@ -461,15 +475,30 @@ async def test_last_event_id_recovers_what_a_dropped_stream_missed(
         again.close()
     # Last-Event-ID is newer than the URL's since (where the stream first started).
     newer = await EventStream.open(
-        base_url,
-        f"channel=users&since=1&epoch={subscribed['epoch']}",
-        **{"Last-Event-ID": "3"},
+        base_url, f"channel=users&since=1&epoch={epoch}", **{"Last-Event-ID": f"{epoch}:3"}
     )
     try:
-        assert [id for id, _ in [await newer.message() for _ in range(2)]] == ["4", "4"]
+        assert [id for id, _ in [await newer.message() for _ in range(2)]] == [f"{epoch}:4"] * 2
         assert b"retry: " in await asyncio.wait_for(newer.reader.readline(), 5)
     finally:
         newer.close()
+    # An old-style id (a bare offset) recovers when the URL's epoch makes it safe...
+    old = await EventStream.open(base_url, f"channel=users&epoch={epoch}", **{"Last-Event-ID": "3"})
+    try:
+        answers = [await old.message() for _ in range(2)]
+        assert [frame["type"] for _, frame in answers] == ["updated_user", "subscribed"]
+        assert answers[1][1]["recovered"] is True
+    finally:
+        old.close()
+    # ...and an id of another epoch is told to refetch, whatever the URL says.
+    stale = await EventStream.open(
+        base_url, f"channel=users&epoch={epoch}", **{"Last-Event-ID": "gone:3"}
+    )
+    try:
+        _, answer = await stale.message()
+        assert (answer["type"], answer["recovered"]) == ("subscribed", False)
+    finally:
+        stale.close()
     # Without the epoch, an offset is not trusted: refetch.
     blind = await EventStream.open(base_url, "channel=users", **{"Last-Event-ID": "1"})
     try:
@@ -487,6 +516,9 @@ async def test_last_event_id_recovers_what_a_dropped_stream_missed(
         ("channel=../x", {}, 400, "invalid_channel"),
         ("channel=users&since=-1", {}, 400, "invalid_since"),
         ("channel=users", {"Last-Event-ID": "x"}, 400, "invalid_since"),
+        ("channel=users", {"Last-Event-ID": "e:\u00b2"}, 400, "invalid_since"),
+        ("channel=users&since=%C2%B2", {}, 400, "invalid_since"),
+        ("channel=users&since=%D9%A1", {}, 400, "invalid_since"),
         ("channel=private/ada", {}, 403, "forbidden"),
         ("channel=broken", {}, 500, "internal_error"),
     ],
@@ -507,7 +539,9 @@ async def test_a_gap_ends_the_event_stream(http_server: Any, base_url: str, hub:
     stream = await EventStream.open(base_url, "channel=users")
     try:
         await stream.message()
-        hub.broker.on_gap("users", History("x", 0, recovered=False))
+        broker = hub.broker
+        assert isinstance(broker, MemoryBroker)
+        broker.forget("users")
         with pytest.raises(EOFError):
             await stream.message()
     finally:
@@ -556,3 +590,136 @@ async def test_messages_over_http(http_client: Any, base_url: str) -> None:
         **{"Sec-Fetch-Site": "cross-site"},
     )
     assert (status, frame["code"]) == (403, "forbidden")
+
+
+# -- the user's namespace, settings, declarations ---------------------------------------------
+
+
+class Crowded(LiveMixin, WebSocketHandler):
+    """A handler using every plain name a user might: none of them breaks fan-out."""
+
+    send = "my own attribute"
+    transport = None
+    connection = None
+    position = 0
+    stream = None
+
+    def reset(self) -> str:
+        return "my own method"
+
+    def closed(self) -> bool:
+        return False
+
+    def deliver(self, *args: Any) -> None:
+        raise AssertionError("never called by the hub")
+
+    def write_frame(self, *args: Any) -> None:
+        raise AssertionError("never called by the hub")
+
+    @message("nothing_declared")
+    def nothing(self, data: Any) -> None:
+        return None
+
+
+class Echo(WebSocketHandler):
+    """Another WebSocket handler of the same application, with Tornado's defaults."""
+
+    def on_message(self, message: str | bytes) -> None:
+        self.write_message(f"{len(message)}")
+
+
+class TestTheUsersNamespace:
+    @pytest.fixture
+    def app(self, hub: Hub) -> tornado.web.Application:
+        return tornado.web.Application(
+            [(r"/live", Crowded, {"hub": hub}), (r"/echo", Echo)],
+            websocket_max_message_size=1024,  # for the app's other WebSocket handlers
+            live_max_message_size=4096,
+            xsrf_cookies=True,
+        )
+
+    async def test_plain_names_of_the_users_own_do_not_break_fan_out(
+        self, live_connect: Any, http_server: Any, base_url: str, hub: Hub
+    ) -> None:
+        client = await live_connect("/live")
+        await client.subscribe("users")
+        stream = await EventStream.open(base_url, "channel=users")
+        try:
+            await stream.message()
+            for n in range(3):
+                await hub.publish("users", "updated_user", {"n": n})
+            assert [(await receive_event(client))["offset"] for _ in range(3)] == [1, 2, 3]
+            assert [(await stream.message())[1]["offset"] for _ in range(3)] == [1, 2, 3]
+        finally:
+            stream.close()
+        broker = hub.broker
+        assert isinstance(broker, MemoryBroker)
+        broker.forget("users")  # reset still reaches the transport, not the user's reset()
+        assert await client.wait_closed() == 1012
+
+    async def test_live_settings_and_tornados_are_separate(
+        self, live_connect: Any, base_url: str
+    ) -> None:
+        live = await live_connect("/live")
+        fits = "x" * 3000  # over websocket_max_message_size, under live_max_message_size
+        assert await live.request("nothing_declared", fits) is None
+        echo = await websocket_connect(ws_url(base_url, "/echo"))
+        try:
+            await echo.write_message("y" * 1000)
+            assert await echo.read_message() == "1000"
+            await echo.write_message("y" * 2000)  # over the app's own 1024
+            assert await echo.read_message() is None
+            assert echo.close_code == 1009
+        finally:
+            echo.close()
+        await live.send_raw(json.dumps({"type": "nothing_declared", "data": "x" * 5000}))
+        assert await live.wait_closed() == 1009
+
+    async def test_http_messages_need_no_xsrf_token(self, http_client: Any, base_url: str) -> None:
+        status, frame = await post(http_client, base_url, '{"type": "nothing_declared", "id": 1}')
+        assert (status, frame["type"]) == (200, "reply")
+        # The same-origin rule still holds, and a form's body is refused.
+        status, frame = await post(
+            http_client,
+            base_url,
+            '{"type": "nothing_declared"}',
+            Origin="https://evil.example",
+            **{"Sec-Fetch-Site": "cross-site"},
+        )
+        assert (status, frame["code"]) == (403, "forbidden")
+        status, frame = await post(
+            http_client, base_url, '{"type": "nothing_declared"}', **{"Content-Type": "text/plain"}
+        )
+        assert (status, frame["code"]) == (400, "invalid_frame")
+
+
+def test_a_message_type_is_checked_when_the_class_is_made() -> None:
+    with pytest.raises(TypeError, match="must be a lower-case identifier"):
+
+        class Bad(LiveMixin, WebSocketHandler):
+            @message("Not-A-Type")
+            def odd(self, data: Any) -> None: ...
+
+    with pytest.raises(TypeError, match="other than"):
+
+        class Reserved(LiveMixin, WebSocketHandler):
+            @message("subscribe")
+            def sneaky(self, data: Any) -> None: ...
+
+
+def test_declarations_are_inherited_and_overridable() -> None:
+    class Base(LiveMixin, WebSocketHandler):
+        @message
+        def claim(self, data: Any) -> str:
+            return "base"
+
+    class Child(Base):
+        def claim(self, data: Any) -> str:  # an override answers the declared type
+            return "child"
+
+        @message("ping_me")
+        def other(self, data: Any) -> str:
+            return "other"
+
+    assert Child._live_messages == {"claim": "claim", "ping_me": "other"}
+    assert Base._live_messages == {"claim": "claim"}

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from tornado_live import Hub
-from tornado_live.brokers import Deliver, History
+from tornado_live.brokers import Deliver, Gap, History
 from tornado_live.brokers.memory import MemoryBroker
+from tornado_live.protocol import Event, Position
 
 
 class Connection:
@@ -20,7 +21,7 @@ class Connection:
         self.frames: list[bytes] = []
         self.resets: list[str] = []
 
-    def send(self, frame: bytes) -> None:
+    def send(self, frame: bytes, position: Position | None = None) -> None:
         self.frames.append(frame)
 
     def reset(self, reason: str) -> None:
@@ -40,9 +41,9 @@ class CountingBroker(MemoryBroker):
         super().__init__(**options)
         self.calls: list[tuple[str, str]] = []
 
-    async def subscribe(self, channel: str, deliver: Deliver) -> None:
+    async def subscribe(self, channel: str, deliver: Deliver, gap: Gap) -> None:
         self.calls.append(("subscribe", channel))
-        await super().subscribe(channel, deliver)
+        await super().subscribe(channel, deliver, gap)
 
     async def unsubscribe(self, channel: str, deliver: Deliver) -> None:
         self.calls.append(("unsubscribe", channel))
@@ -173,7 +174,7 @@ async def test_recovery_then_subscribed_then_live_in_order() -> None:
     hub = Hub()
     for n in range(5):
         await hub.publish("users", "updated_user", {"n": n})
-    position = await hub.broker.history("users")
+    position = (await hub.broker.history("users")).position
     connection = Connection()
     await hub.subscribe(connection, "users", since=2, epoch=position.epoch, id="r")
     await hub.publish("users", "updated_user", {"n": 5})
@@ -194,7 +195,7 @@ async def test_recovery_beyond_history_says_so() -> None:
     hub = Hub(MemoryBroker(history=2))
     for n in range(5):
         await hub.publish("users", "updated_user", {"n": n})
-    epoch = (await hub.broker.history("users")).epoch
+    epoch = (await hub.broker.history("users")).position.epoch
     connection = Connection()
     await hub.subscribe(connection, "users", since=3, epoch=epoch)
     assert connection.offsets() == [4, 5]  # still in history: recovered
@@ -230,13 +231,13 @@ async def test_a_connection_that_leaves_while_subscribing_is_not_kept() -> None:
     await asyncio.gather(*hub._tasks)  # the background unsubscription
     assert connection.frames == []
     assert hub.channels == frozenset()
-    assert broker._state["users"].subscribers == []
+    assert not broker._state["users"].subscribers
 
 
 @pytest.mark.gen_test
 async def test_a_failing_connection_does_not_stop_fan_out() -> None:
     class Broken(Connection):
-        def send(self, frame: bytes) -> None:
+        def send(self, frame: bytes, position: Position | None = None) -> None:
             if json.loads(frame)["type"] != "subscribed":
                 raise RuntimeError("socket bug")
 
@@ -261,7 +262,7 @@ async def test_publish_rejects_bad_input_and_sends_nothing() -> None:
     with pytest.raises(TypeError, match="JSON-serialisable"):
         await hub.publish("users", "updated_user", {"when": object()})
     assert [f["type"] for f in connection.received()] == ["subscribed"]
-    assert (await hub.broker.history("users")).offset == 0
+    assert (await hub.broker.history("users")).position.offset == 0
 
 
 @pytest.mark.gen_test
@@ -272,6 +273,86 @@ async def test_a_brokers_gap_resets_that_channels_connections_only() -> None:
     await hub.subscribe(other, "orders")
     await hub.subscribe(both, "users")
     await hub.subscribe(both, "orders")
-    hub.broker.on_gap("users", History("new-life", 0, recovered=False))  # as a broker does
+    broker = hub.broker
+    assert isinstance(broker, MemoryBroker)
+    broker.forget("users")  # as a Redis that lost its data would
     assert lost.resets == both.resets == ["events on users were lost; resubscribe"]
     assert other.resets == []
+
+
+@pytest.mark.gen_test
+async def test_two_hubs_on_one_broker_are_both_told_of_a_gap() -> None:
+    broker = MemoryBroker()
+    first, second = Hub(broker), Hub(broker)
+    one, two = Connection(), Connection()
+    await first.subscribe(one, "users")
+    await second.subscribe(two, "users")
+    broker.forget("users")
+    assert one.resets == two.resets == ["events on users were lost; resubscribe"]
+
+
+class LaggingBroker(MemoryBroker):
+    """A memory broker whose deliveries lag behind its history, as Redis pub/sub lags
+    behind the command connection: events reach subscribers only on ``flush()``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.late: list[tuple[Deliver, Event]] = []
+
+    async def subscribe(self, channel: str, deliver: Deliver, gap: Gap) -> None:
+        def late(event: Event) -> None:
+            self.late.append((deliver, event))
+
+        self.real = deliver
+        await super().subscribe(channel, late, gap)
+
+    async def unsubscribe(self, channel: str, deliver: Deliver) -> None:
+        for name, state in self._state.items():
+            if name == channel:
+                state.subscribers.clear()
+
+    def flush(self) -> None:
+        late, self.late = self.late, []
+        for deliver, event in late:
+            deliver(event)
+
+
+@pytest.mark.gen_test
+async def test_nothing_at_or_below_the_told_position_arrives_from_a_lagging_broker() -> None:
+    broker = LaggingBroker()
+    hub = Hub(broker)
+    early = Connection()
+    await hub.subscribe(early, "users")  # holds the broker subscription
+    for n in range(3):
+        await hub.publish("users", "updated_user", {"n": n})  # 1-3, not delivered yet
+    late = Connection()
+    subscribed = await hub.subscribe(late, "users")
+    assert subscribed.position.offset == 3  # history knows what delivery does not yet
+    await hub.publish("users", "updated_user", {"n": 3})
+    broker.flush()  # now 1, 2, 3, 4 arrive
+    assert early.offsets() == [1, 2, 3, 4]
+    assert late.offsets() == [4]  # never 1-3: it was told 3
+    # Recovery with since: the missed ones come from history, once, before subscribed.
+    again = Connection()
+    await hub.subscribe(again, "users", since=1, epoch=subscribed.position.epoch)
+    await hub.publish("users", "updated_user", {"n": 4})
+    broker.flush()
+    assert again.offsets() == [2, 3, 4, 5]
+    assert [f["type"] for f in again.received()].index("subscribed") == 3
+
+
+@pytest.mark.gen_test
+async def test_events_of_another_epoch_never_reach_a_member() -> None:
+    broker = LaggingBroker()
+    hub = Hub(broker)
+    holder = Connection()
+    await hub.subscribe(holder, "users")
+    await hub.publish("users", "updated_user", {})  # offset 1 of the first life, held back
+    old_epoch = (await broker.history("users")).position.epoch
+    broker.forget("users")  # a new life; holder is reset
+    fresh = Connection()
+    await hub.subscribe(fresh, "users")
+    await hub.publish("users", "updated_user", {})  # offset 1 of the new life
+    broker.flush()
+    assert fresh.offsets() == [1]
+    assert [f["epoch"] for f in fresh.received() if f["type"] == "subscribed"] != [old_epoch]

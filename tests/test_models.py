@@ -95,7 +95,7 @@ async def events(hub: Hub, channel: str) -> list[tuple[str, int, Any]]:
 
 async def offset(hub: Hub, channel: str) -> int:
     """The channel's last offset (0 if nothing was ever published to it)."""
-    return (await hub.broker.history(channel)).offset
+    return (await hub.broker.history(channel)).position.offset
 
 
 async def until(condition: Callable[[], bool]) -> None:

@@ -8,7 +8,16 @@ from typing import Any
 import pytest
 
 from tornado_live import protocol
-from tornado_live.protocol import Event, Message, ProtocolError, Subscribe, Unsubscribe
+from tornado_live.protocol import (
+    Event,
+    LiveError,
+    Message,
+    Position,
+    ProtocolError,
+    Refused,
+    Subscribe,
+    Unsubscribe,
+)
 
 
 def test_subscribe_with_everything() -> None:
@@ -85,7 +94,9 @@ def test_protocol_error_is_a_value_error() -> None:
 
 
 def test_event_frame_is_the_v1_event() -> None:
-    event = Event("users", "updated_user", 42, protocol.encode_data({"id": "1", "name": "Åsa"}))
+    event = Event(
+        "users", "updated_user", Position("e", 42), protocol.encode_data({"id": "1", "name": "Åsa"})
+    )
     assert json.loads(event.frame) == {
         "type": "updated_user",
         "channel": "users",
@@ -102,14 +113,17 @@ def test_data_must_be_json(data: Any) -> None:
 
 
 def test_server_frames() -> None:
-    assert json.loads(protocol.subscribed("users", 3, "e", id=1)) == {
+    assert json.loads(protocol.subscribed("users", Position("e", 3), id=1)) == {
         "type": "subscribed",
         "channel": "users",
         "offset": 3,
         "epoch": "e",
         "id": 1,
     }
-    assert json.loads(protocol.subscribed("users", 3, "e", recovered=False))["recovered"] is False
+    assert (
+        json.loads(protocol.subscribed("users", Position("e", 3), recovered=False))["recovered"]
+        is False
+    )
     assert json.loads(protocol.unsubscribed("users")) == {
         "type": "unsubscribed",
         "channel": "users",
@@ -126,3 +140,34 @@ def test_server_frames() -> None:
         "message": "no",
         "channel": "c",
     }
+
+
+def test_a_position_reads_back_what_it_writes() -> None:
+    position = Position("abc-1", 42)
+    assert str(position) == "abc-1:42"
+    assert Position.parse(str(position)) == ("abc-1", 42)
+    assert Position.parse("42") == (None, 42)  # an old-style id: a bare offset
+    assert Position.parse(":7") == (None, 7)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "x", "-1", "1.5", "²", "١", "e:", "e:²", "9" * 19, "e" * 200 + ":1"]
+)
+def test_a_position_offset_is_ascii_digits(text: str) -> None:
+    with pytest.raises(ProtocolError) as raised:
+        Position.parse(text)
+    assert raised.value.code == "invalid_since"
+
+
+def test_every_error_is_a_live_error() -> None:
+    assert issubclass(ProtocolError, Refused)
+    assert issubclass(Refused, LiveError)
+    refused = Refused("already_claimed", "someone else has it", id=3)
+    assert json.loads(refused.frame()) == {
+        "type": "error",
+        "code": "already_claimed",
+        "message": "someone else has it",
+        "id": 3,
+    }
+    with pytest.raises(ValueError, match="lower-case word"):
+        Refused("Not A Code", "x")

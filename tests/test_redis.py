@@ -24,8 +24,9 @@ from test_brokers import Inbox, publish
 from tornado.ioloop import IOLoop
 
 from tornado_live import Hub, LiveHandler
-from tornado_live.brokers import History, PublishError, from_url
+from tornado_live.brokers import PublishError, from_url
 from tornado_live.brokers.redis import RedisBroker
+from tornado_live.protocol import Position
 
 MakeBroker = Callable[..., RedisBroker]
 
@@ -54,10 +55,10 @@ def make(io_loop: IOLoop) -> Iterator[MakeBroker]:
     io_loop.run_sync(close)
 
 
-class Gaps(list[tuple[str, History]]):
-    """An ``on_gap`` hook that keeps what it is told."""
+class Gaps(list[tuple[str, Position]]):
+    """A subscription's ``gap`` callback that keeps what it is told."""
 
-    def __call__(self, channel: str, position: History) -> None:
+    def __call__(self, channel: str, position: Position) -> None:
         self.append((channel, position))
 
     async def wait(self, count: int, timeout: float = 10.0) -> None:
@@ -80,8 +81,8 @@ async def test_two_processes_share_offsets_and_each_delivers_every_event_once(
 ) -> None:
     a, b = make(redis_server, prefix=prefix), make(redis_server, prefix=prefix)
     inbox_a, inbox_b = Inbox(), Inbox()
-    await a.subscribe("users", inbox_a)
-    await b.subscribe("users", inbox_b)
+    await a.subscribe("users", inbox_a, inbox_a.gap)
+    await b.subscribe("users", inbox_b, inbox_b.gap)
     batches = await asyncio.gather(
         publish(a, "users", 25), publish(b, "users", 25, start=100), publish(a, "other", 3)
     )
@@ -94,9 +95,9 @@ async def test_two_processes_share_offsets_and_each_delivers_every_event_once(
     sent = {e.offset: e.frame for e in batches[0] + batches[1]}
     assert [e.frame for e in inbox_a.events] == [sent[n] for n in range(1, 51)]
     # Either process recovers a client, whichever one it published through.
-    position = await b.history("users")
-    assert position.offset == 50
-    missed = await a.history("users", since=45, epoch=position.epoch)
+    where = (await b.history("users")).position
+    assert where.offset == 50
+    missed = await a.history("users", since=45, epoch=where.epoch)
     assert [e.frame for e in missed.events] == [e.frame for e in inbox_b.events[45:]]
 
 
@@ -106,8 +107,8 @@ async def test_each_event_is_decoded_once_per_process(
 ) -> None:
     broker = make(redis_server, prefix=prefix)
     first, second = Inbox(), Inbox()
-    await broker.subscribe("users", first)
-    await broker.subscribe("users", second)
+    await broker.subscribe("users", first, first.gap)
+    await broker.subscribe("users", second, second.gap)
     await publish(broker, "users", 3)
     for a, b in zip(await first.wait(3), await second.wait(3), strict=True):
         assert a is b  # one Event (and one encoded frame) for every subscriber
@@ -121,7 +122,7 @@ async def test_two_hubs_over_redis_give_every_connection_every_event_once(
         def __init__(self) -> None:
             self.frames: list[dict[str, Any]] = []
 
-        def send(self, frame: bytes) -> None:
+        def send(self, frame: bytes, position: Position | None = None) -> None:
             self.frames.append(json.loads(frame))
 
         def reset(self, reason: str) -> None:
@@ -182,25 +183,25 @@ async def test_a_flushed_redis_starts_a_new_epoch(
     make: MakeBroker, private_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     gaps = Gaps()
-    broker = make(private_redis.url, on_gap=gaps)
+    broker = make(private_redis.url)
     inbox = Inbox()
-    await broker.subscribe("users", inbox)
+    await broker.subscribe("users", inbox, gaps)
     await publish(broker, "users", 3)
     await inbox.wait(3)
     old = await broker.history("users")
     async with Redis.from_url(private_redis.url) as admin:
         await admin.flushall()
-    lost = await broker.history("users", since=3, epoch=old.epoch)
-    assert (lost.recovered, lost.offset, list(lost.events)) == (False, 0, [])
-    assert lost.epoch != old.epoch
+    lost = await broker.history("users", since=3, epoch=old.position.epoch)
+    assert (lost.recovered, lost.position.offset, list(lost.events)) == (False, 0, [])
+    assert lost.position.epoch != old.position.epoch
     event = await broker.publish("users", "updated_user", b"{}")
     assert event.offset == 1
     # The subscriber hears of the new life first, then gets its events.
     assert [e.offset for e in await inbox.wait(4)] == [1, 2, 3, 1]
-    assert gaps == [("users", History(lost.epoch, 0, recovered=False))]
-    # Without a hook, a gap is logged.
+    assert gaps == [("users", Position(lost.position.epoch, 0))]
+    # And it is logged.
     quiet = make(private_redis.url)
-    await quiet.subscribe("users", Inbox())
+    await quiet.subscribe("users", Inbox(), Gaps())
     async with Redis.from_url(private_redis.url) as admin:
         await admin.flushall()
     with caplog.at_level(logging.WARNING, "tornado_live.brokers"):
@@ -218,12 +219,12 @@ async def test_events_published_while_pubsub_was_down_come_from_history(
     make: MakeBroker, redis_server: str, prefix: str
 ) -> None:
     gaps = Gaps()
-    listener = make(redis_server, prefix=prefix, backoff=(0.4, 0.4), on_gap=gaps)
+    listener = make(redis_server, prefix=prefix, backoff=(0.4, 0.4))
     publisher = make(redis_server, prefix=prefix)
     channels = ["users", *(f"users/{n}" for n in range(10))]
     inboxes = {channel: Inbox() for channel in channels}
     for channel, inbox in inboxes.items():
-        await listener.subscribe(channel, inbox)
+        await listener.subscribe(channel, inbox, gaps)
     for channel in channels:
         await publish(publisher, channel, 2)
     async with Redis.from_url(redis_server) as admin:
@@ -250,13 +251,13 @@ async def test_a_message_that_skips_offsets_brings_the_missing_ones_from_history
 ) -> None:
     # As if pub/sub had dropped offsets 2 and 3 on a connection that stayed up.
     gaps = Gaps()
-    broker = make(redis_server, prefix=prefix, on_gap=gaps)
+    broker = make(redis_server, prefix=prefix)
     inbox = Inbox()
-    await broker.subscribe("users", inbox)
+    await broker.subscribe("users", inbox, gaps)
     first = await broker.publish("users", "updated_user", b'{"n":1}')
     await inbox.wait(1)
     base = f"{prefix}:{{users}}"
-    epoch = (await broker.history("users")).epoch
+    epoch = (await broker.history("users")).position.epoch
     async with Redis.from_url(redis_server) as admin:
         seconds, micros = await admin.time()
         for offset in (2, 3):
@@ -278,9 +279,9 @@ async def test_redis_stopped_then_started_again_needs_no_restart(
     make: MakeBroker, private_redis: RedisServer
 ) -> None:
     gaps = Gaps()
-    broker = make(private_redis.url, timeout=1.0, backoff=(0.05, 0.3), on_gap=gaps)
+    broker = make(private_redis.url, timeout=1.0, backoff=(0.05, 0.3))
     inbox = Inbox()
-    await broker.subscribe("users", inbox)
+    await broker.subscribe("users", inbox, gaps)
     await publish(broker, "users", 2)
     await inbox.wait(2)
 
@@ -293,18 +294,18 @@ async def test_redis_stopped_then_started_again_needs_no_restart(
     with pytest.raises(ConnectionError, match="could not read the history of 'users'"):
         await broker.history("users")
     with pytest.raises(ConnectionError, match="could not subscribe to 'other'"):
-        await broker.subscribe("other", Inbox())
+        await broker.subscribe("other", Inbox(), Gaps())
     assert loop.time() - started < 3.0
 
     private_redis.start()  # empty: a Redis without persistence lost everything
     await gaps.wait(1)  # the reader came back by itself and found the history gone
     [(channel, position)] = gaps
-    assert (channel, position.offset, position.recovered) == ("users", 0, False)
+    assert (channel, position.offset) == ("users", 0)
     event = await broker.publish("users", "updated_user", b"{}")
     assert event.offset == 1
     assert [e.offset for e in await inbox.wait(3)] == [1, 2, 1]
     other = Inbox()
-    await broker.subscribe("other", other)
+    await broker.subscribe("other", other, other.gap)
     await publish(broker, "other", 1)
     assert [e.offset for e in await other.wait(1)] == [1]
 
@@ -315,7 +316,7 @@ async def test_a_frozen_redis_times_out_instead_of_hanging(
 ) -> None:
     broker = make(private_redis.url, timeout=0.5, keepalive=0.2, backoff=(0.05, 0.2))
     inbox = Inbox()
-    await broker.subscribe("users", inbox)
+    await broker.subscribe("users", inbox, inbox.gap)
     await publish(broker, "users", 1)
     await inbox.wait(1)
     assert private_redis.process is not None
@@ -329,7 +330,7 @@ async def test_a_frozen_redis_times_out_instead_of_hanging(
             assert loop.time() - started < 1.5
             started = loop.time()
             with pytest.raises(ConnectionError, match="could not subscribe to 'other'"):
-                await broker.subscribe("other", Inbox())
+                await broker.subscribe("other", Inbox(), Gaps())
             assert loop.time() - started < 1.5
             # The reader's ping went unanswered: it gave the connection up.
             async with asyncio.timeout(5):
@@ -339,9 +340,9 @@ async def test_a_frozen_redis_times_out_instead_of_hanging(
             private_redis.process.send_signal(signal.SIGCONT)
     last = await broker.publish("users", "updated_user", b"{}")
     # The timed-out publish may have run once Redis thawed: its caller was told so.
-    assert last.offset in (2, 3)
-    events = await inbox.wait(last.offset)
-    assert [e.offset for e in events] == list(range(1, last.offset + 1))
+    assert last.position.offset in (2, 3)
+    events = await inbox.wait(last.position.offset)
+    assert [e.offset for e in events] == list(range(1, last.position.offset + 1))
 
 
 @pytest.mark.gen_test
@@ -353,7 +354,7 @@ async def test_an_unreachable_redis_fails_fast_and_clearly(make: MakeBroker) -> 
     with pytest.raises(PublishError, match=rf"Redis at redis://127.0.0.1:{port} failed"):
         await broker.publish("users", "updated_user", b"{}")
     with pytest.raises(ConnectionError, match="could not subscribe to 'users'"):
-        await broker.subscribe("users", Inbox())
+        await broker.subscribe("users", Inbox(), Gaps())
     with pytest.raises(ConnectionError, match="is unreachable"):
         await broker.history("users")
 
@@ -368,11 +369,13 @@ async def test_subscribing_and_unsubscribing_at_once_keeps_the_last_word(
     broker = make(redis_server, prefix=prefix)
     a, b, c = Inbox(), Inbox(), Inbox()
     await asyncio.gather(
-        broker.subscribe("users", a), broker.unsubscribe("users", a), broker.subscribe("users", b)
+        broker.subscribe("users", a, a.gap),
+        broker.unsubscribe("users", a),
+        broker.subscribe("users", b, b.gap),
     )
     await publish(broker, "users", 1)
     assert [e.offset for e in await b.wait(1)] == [1]
-    await asyncio.gather(broker.unsubscribe("users", b), broker.subscribe("users", c))
+    await asyncio.gather(broker.unsubscribe("users", b), broker.subscribe("users", c, c.gap))
     await publish(broker, "users", 1)
     assert [e.offset for e in await c.wait(1)] == [2]
     await settle()

@@ -2,38 +2,46 @@
 
 The flow of one event::
 
-    model save ──► hub.publish ──► broker ──► hub (local fan-out) ──► connection ──► browser
-     (models)        (hub)       (brokers/)        (hub)             (handler)    (static/live.js)
+    model save ──► hub.publish ──► broker ──► hub (local fan-out) ──► transport ──► browser
+     (models)        (hub)       (brokers/)        (hub)            (transports)  (static/live.js)
+                                                                 policy: handler
 
-* :mod:`~tornado_live.protocol`: wire protocol v1, frames in and out (standard library only).
-* :mod:`~tornado_live.brokers`: carry events between processes and give them offsets.
-* :mod:`~tornado_live.hub`: one per process; channel -> local connections.
-* :mod:`~tornado_live.handler`: :class:`LiveMixin` for your ``WebSocketHandler``.
-* :mod:`~tornado_live.models`: :class:`Document` and :func:`model`: saves that broadcast.
-* :mod:`~tornado_live.client`: a Python client; :mod:`~tornado_live.testing`: pytest helpers.
+* `tornado_live.protocol`: wire protocol v1, frames in and out (standard library only).
+* `tornado_live.brokers`: carry events between processes and give them positions.
+* `tornado_live.hub`: one per process; channel -> local connections.
+* `tornado_live.transports`: the bytes of a WebSocket and of an event stream.
+* `tornado_live.handler`: `LiveMixin` for your ``WebSocketHandler``: routing, policy, settings.
+* `tornado_live.models`: `Document` and `model`: saves that broadcast.
+* `tornado_live.client`: a Python client; `tornado_live.testing`: test helpers.
 """
 
-from .brokers import Broker, PublishError
+from .brokers import Broker, History, PublishError
 from .brokers.memory import MemoryBroker
-from .client import Client, ClientError
-from .handler import LiveHandler, LiveMixin, static_route
+from .client import Client, ClientError, Closed
+from .handler import LiveHandler, LiveMixin, message, static_route
 from .hub import Hub
 from .models import Document, UnboundError, model
-from .protocol import Event, ProtocolError
+from .protocol import Event, LiveError, Position, ProtocolError, Refused
 
 __all__ = [
     "Broker",
     "Client",
     "ClientError",
+    "Closed",
     "Document",
     "Event",
+    "History",
     "Hub",
+    "LiveError",
     "LiveHandler",
     "LiveMixin",
     "MemoryBroker",
+    "Position",
     "ProtocolError",
     "PublishError",
+    "Refused",
     "UnboundError",
+    "message",
     "model",
     "static_route",
 ]

@@ -5,7 +5,9 @@
     client = await Client.connect("ws://127.0.0.1:8888/live")
     await client.subscribe("users")
     event = await client.receive()        # {"type": "updated_user", "channel": "users", ...}
-    answer = await client.request("ping", {"n": 1})   # the on_ping reply's data
+    answer = await client.request("ping", {"n": 1})   # the reply's data
+    await client.send("typing", {"n": 1})             # no reply awaited
+    client.position("users")              # Position(epoch=..., offset=...), or None
     await client.close()
 
 Frames answering a request (``subscribed``, ``unsubscribed``, ``reply``, or an ``error``
@@ -23,9 +25,11 @@ from typing import Any
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
+from .protocol import LiveError, Position
 
-class ClientError(Exception):
-    """The server answered a request with an ``error`` frame."""
+
+class ClientError(LiveError):
+    """The server answered a request with an ``error`` frame (``code``, ``frame``)."""
 
     def __init__(self, frame: dict[str, Any]) -> None:
         super().__init__(f"{frame.get('code')}: {frame.get('message')}")
@@ -33,7 +37,7 @@ class ClientError(Exception):
         self.code: str = frame.get("code", "")
 
 
-class Closed(ConnectionError):
+class Closed(LiveError, ConnectionError):
     """The connection is closed; ``code`` and ``reason`` are what the server said."""
 
     def __init__(self, code: int | None, reason: str | None) -> None:
@@ -47,9 +51,7 @@ class Client:
 
     def __init__(self, connection: WebSocketClientConnection) -> None:
         self.connection = connection
-        #: channel -> (epoch, last offset seen): what to pass as ``since``/``epoch`` to
-        #: resume after a reconnect (see :meth:`resume`).
-        self.positions: dict[str, tuple[str | None, int]] = {}
+        self._positions: dict[str, Position] = {}
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._frames: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
@@ -101,9 +103,15 @@ class Client:
         ``subscribed`` frames; check their ``recovered``.
         """
         return [
-            await self.subscribe(channel, since=offset, epoch=epoch)
-            for channel, (epoch, offset) in other.positions.items()
+            await self.subscribe(channel, since=position.offset, epoch=position.epoch)
+            for channel, position in other._positions.items()
         ]
+
+    def position(self, channel: str) -> Position | None:
+        """Where this client stands in ``channel``: the epoch and the last offset it was
+        told (by ``subscribed`` or an event), or None if it is not subscribed. It never
+        moves backwards within an epoch."""
+        return self._positions.get(channel)
 
     async def unsubscribe(self, channel: str) -> None:
         await self._request({"type": "unsubscribe", "channel": channel})
@@ -194,15 +202,20 @@ class Client:
         await self.close()
 
     def _track(self, frame: dict[str, Any]) -> None:
-        channel, kind = frame.get("channel"), frame.get("type")
+        channel, kind, offset = frame.get("channel"), frame.get("type"), frame.get("offset")
         if not isinstance(channel, str):
             return
+        known = self._positions.get(channel)
         if kind == "subscribed":
-            self.positions[channel] = (frame.get("epoch"), frame["offset"])
+            epoch = frame.get("epoch")
+            if not (isinstance(epoch, str) and isinstance(offset, int)):
+                return
+            if known is None or known.epoch != epoch or offset > known.offset:
+                self._positions[channel] = Position(epoch, offset)
         elif kind == "unsubscribed":
-            self.positions.pop(channel, None)
-        elif isinstance(frame.get("offset"), int) and channel in self.positions:
-            self.positions[channel] = (self.positions[channel][0], frame["offset"])
+            self._positions.pop(channel, None)
+        elif known is not None and isinstance(offset, int) and offset > known.offset:
+            self._positions[channel] = Position(known.epoch, offset)
 
     async def _read(self) -> None:
         while True:

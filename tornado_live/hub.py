@@ -4,8 +4,12 @@ The hub keeps, for each channel, the connections of this process subscribed to i
 holds one broker subscription per channel however many connections share it (the first
 local subscriber subscribes, the last one to leave unsubscribes). An event arrives once
 from the broker, its frame was encoded once, and the hub hands those same bytes to every
-connection. A connection only has to offer a non-blocking ``send(frame)``: the hub never
-waits on a client, so a slow one cannot hold up the others.
+connection. A connection only has to offer a non-blocking ``send(frame, position)``: the
+hub never waits on a client, so a slow one cannot hold up the others.
+
+Each membership remembers the `Position` its connection was told in ``subscribed``, and
+the hub never sends it an event at or below that position, whatever a lagging broker
+delivers afterwards.
 
 The hub imports neither Tornado nor Redis.
 """
@@ -21,16 +25,17 @@ from typing import Any, Protocol
 from . import protocol
 from .brokers import Broker, History
 from .brokers.memory import MemoryBroker
-from .protocol import Event, Id
+from .protocol import Event, Id, Position
 
 log = logging.getLogger("tornado_live.hub")
 
 
 class Connection(Hashable, Protocol):
-    """What the hub needs of a connection: a ``send`` that never blocks."""
+    """What the hub needs of a connection (a transport): a ``send`` that never blocks."""
 
-    def send(self, frame: bytes) -> None:
-        """Queue one encoded server frame for the client. Must not block or raise."""
+    def send(self, frame: bytes, position: Position | None = None) -> None:
+        """Queue one encoded server frame for the client; ``position`` is the event's (or
+        the ``subscribed`` frame's). Must not block or raise."""
         ...
 
     def reset(self, reason: str) -> None:
@@ -39,8 +44,20 @@ class Connection(Hashable, Protocol):
         ...
 
 
+class _Member:
+    """One connection's membership of one channel."""
+
+    __slots__ = ("after", "held")
+
+    def __init__(self) -> None:
+        # Events that arrive while the subscription is being set up (None once live).
+        self.held: list[Event] | None = []
+        # The position the connection was told: it never gets an event at or below it.
+        self.after = Position("", 0)
+
+
 class Hub:
-    """Local fan-out over a broker (a :class:`MemoryBroker` unless one is given).
+    """Local fan-out over a broker (a `MemoryBroker` unless one is given).
 
     ``await hub.publish(channel, type, data)`` from anywhere in the process sends an event
     to every subscriber of ``channel`` in every process that shares the broker.
@@ -48,23 +65,20 @@ class Hub:
 
     def __init__(self, broker: Broker | None = None) -> None:
         self.broker: Broker = MemoryBroker() if broker is None else broker
-        # channel -> connection -> events held back while its subscription is being set up
-        # (None once it is live).
-        self._members: dict[str, dict[Connection, list[Event] | None]] = {}
+        self._members: dict[str, dict[Connection, _Member]] = {}
         self._channels: dict[Connection, set[str]] = {}
         self._active: set[str] = set()  # channels this hub holds a broker subscription for
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self.broker.on_gap = self._gap
 
     # -- publishing ---------------------------------------------------------------------
 
     async def publish(self, channel: str, type: str, data: Any = None) -> Event:
-        """Publish one event; return it with the offset the broker gave it.
+        """Publish one event; return it with the position the broker gave it.
 
-        Raises :class:`ValueError` for a bad channel or type, :class:`TypeError` for data
-        that is not JSON-serialisable, and :class:`~tornado_live.brokers.PublishError` when
-        the broker could not take it. In each case nothing was sent.
+        Raises `ProtocolError` (a `ValueError`) for a bad channel or type, `TypeError`
+        for data that is not JSON-serialisable, and `PublishError` when the broker could
+        not take it. In each case nothing was sent.
         """
         protocol.check_channel(channel)
         protocol.check_type(type)
@@ -98,42 +112,42 @@ class Hub:
 
         The connection is sent, in this order: the events it missed after ``since`` (if
         given with the ``epoch`` it counts in, and still in history), the ``subscribed``
-        frame, then every event published since, with none lost or doubled in between.
-        ``since`` without ``epoch`` is answered ``recovered: false``. Raises what the
-        broker raises, in which case the connection is left unsubscribed.
+        frame, then every event published since, with none lost or doubled in between,
+        and none at or below the position ``subscribed`` gave. ``since`` without
+        ``epoch`` is answered ``recovered: false``. Raises what the broker raises, in
+        which case the connection is left unsubscribed.
         """
-        held: list[Event] = []
+        member = _Member()
         members = self._members.setdefault(channel, {})
-        members[connection] = held
+        members[connection] = member
         self._channels.setdefault(connection, set()).add(channel)
         try:
             await self._hold(channel)
             if since is not None and epoch is None:
                 # Offsets mean nothing without the life of the history they count in: a
                 # client that kept no epoch is told to refetch rather than risk a gap.
-                position = await self.broker.history(channel)
-                history = History(position.epoch, position.offset, recovered=False)
+                history = History((await self.broker.history(channel)).position, recovered=False)
             else:
                 history = await self.broker.history(channel, since, epoch)
         except BaseException:
-            if members.get(connection) is held:
+            if members.get(connection) is member:
                 self._remove(connection, channel)
                 await self._release(channel)
             raise
-        if self._members.get(channel, {}).get(connection) is not held:
+        held = member.held
+        if self._members.get(channel, {}).get(connection) is not member or held is None:
             return history  # unsubscribed or gone while we waited
-        last = history.offset
         for event in history.events:
-            connection.send(event.frame)
+            connection.send(event.frame, event.position)
+        position = history.position
         recovered = None if since is None else history.recovered
         connection.send(
-            protocol.subscribed(channel, last, history.epoch, recovered=recovered, id=id)
+            protocol.subscribed(channel, position, recovered=recovered, id=id), position
         )
+        member.after = position
+        member.held = None
         for event in held:
-            if event.offset > last:
-                connection.send(event.frame)
-                last = event.offset
-        members[connection] = None
+            self._send(((connection, member),), event)
         return history
 
     async def unsubscribe(self, connection: Connection, channel: str) -> None:
@@ -144,8 +158,8 @@ class Hub:
     def leave(self, connection: Connection) -> None:
         """Forget ``connection`` (it closed): drop all its subscriptions now.
 
-        Broker unsubscriptions that become due run in the background; :meth:`close`
-        waits for them.
+        Broker unsubscriptions that become due run in the background; `close` waits for
+        them.
         """
         for channel in tuple(self._channels.get(connection, ())):
             if self._remove(connection, channel):
@@ -162,20 +176,29 @@ class Hub:
     # -- internals ------------------------------------------------------------------------
 
     def _deliver(self, event: Event) -> None:
+        """The broker subscription's callback: one event, to every local member."""
         members = self._members.get(event.channel)
-        if not members:
-            return
-        frame = event.frame
-        for connection, held in tuple(members.items()):
-            if held is None:
-                try:
-                    connection.send(frame)
-                except Exception:
-                    log.exception("connection %r failed to take an event", connection)
-            else:
-                held.append(event)
+        if members:
+            self._send(tuple(members.items()), event)
 
-    def _gap(self, channel: str, position: History) -> None:
+    @staticmethod
+    def _send(members: tuple[tuple[Connection, _Member], ...], event: Event) -> None:
+        frame, position = event.frame, event.position
+        offset, epoch = position.offset, position.epoch
+        for connection, member in members:
+            held = member.held
+            if held is not None:
+                held.append(event)
+                continue
+            after = member.after
+            if offset <= after.offset or epoch != after.epoch:
+                continue  # told a later position already (a lagging broker), or another life
+            try:
+                connection.send(frame, position)
+            except Exception:
+                log.exception("connection %r failed to take an event", connection)
+
+    def _gap(self, channel: str, position: Position) -> None:
         """The broker lost events of ``channel``: every local subscriber must start over."""
         members = self._members.get(channel, {})
         if members:
@@ -204,7 +227,7 @@ class Hub:
     async def _hold(self, channel: str) -> None:
         async with self._lock(channel):
             if channel not in self._active and channel in self._members:
-                await self.broker.subscribe(channel, self._deliver)
+                await self.broker.subscribe(channel, self._deliver, self._gap)
                 self._active.add(channel)
 
     async def _release(self, channel: str) -> None:

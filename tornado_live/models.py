@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Protocol, Self, TypeVar
 
 from . import protocol
 from .hub import Hub
+from .protocol import LiveError
 
 
 class Collection(Protocol):
@@ -38,7 +39,7 @@ class Collection(Protocol):
     def find(self, filter: Any, /) -> Any: ...
 
 
-class UnboundError(RuntimeError):
+class UnboundError(LiveError, RuntimeError):
     """A model was used before ``Model.bind(collection, hub)``."""
 
 

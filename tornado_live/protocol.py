@@ -1,9 +1,11 @@
 """Wire protocol v1: parse client frames, encode server frames. Standard library only.
 
 Every frame is one JSON object in a text frame, and every object has a ``type``.
-Client frames are parsed into :class:`Subscribe`, :class:`Unsubscribe` or
-:class:`Message`; anything else raises :class:`ProtocolError`, whose ``code`` and
-``message`` become the ``error`` frame the client receives.
+Client frames are parsed into `Subscribe`, `Unsubscribe` or `Message`; anything else
+raises `ProtocolError`, whose ``code`` and ``message`` become the ``error`` frame the
+client receives. A `Position` (an epoch and an offset) says where a channel stands.
+
+Every exception the package raises on purpose derives from `LiveError`.
 """
 
 from __future__ import annotations
@@ -27,21 +29,32 @@ TYPE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
 #: Types the server sends; a client may not send them as application messages.
 SERVER_TYPES: Final = frozenset({"subscribed", "unsubscribed", "reply", "error"})
 
+#: An error code: a lower-case word (``forbidden``, ``already_claimed``).
+CODE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
 _ID_MAX: Final = 128
 
 Id = str | int | None
 
 
-class ProtocolError(ValueError):
-    """A frame the protocol does not allow.
+class LiveError(Exception):
+    """The root of every exception tornado_live raises on purpose."""
 
-    ``code`` is a short machine-readable word, ``message`` a sentence saying what was
-    expected and what arrived. ``id`` and ``channel`` are echoed when the frame had them.
+
+class Refused(LiveError):
+    """The server says no: raise it in a message handler or in ``can_subscribe``.
+
+    ``code`` is a short lower-case word the client can act on (``"already_claimed"``),
+    ``message`` a sentence for a person. The client receives
+    ``{"type": "error", "code": ..., "message": ...}`` (with the request's ``id``) and the
+    connection stays open; over HTTP the status is 403 for ``forbidden``, else 400.
     """
 
     def __init__(
         self, code: str, message: str, *, id: Id = None, channel: str | None = None
     ) -> None:
+        if not isinstance(code, str) or not CODE.fullmatch(code):
+            raise ValueError(f"an error code is a lower-case word like 'forbidden'; got {code!r}")
         super().__init__(message)
         self.code = code
         self.message = message
@@ -49,8 +62,47 @@ class ProtocolError(ValueError):
         self.channel = channel
 
     def frame(self) -> bytes:
-        """The ``error`` frame telling the client about this fault."""
+        """The ``error`` frame telling the client about this refusal."""
         return error(self.code, self.message, id=self.id, channel=self.channel)
+
+
+class ProtocolError(Refused, ValueError):
+    """A frame the protocol does not allow (malformed JSON, a bad channel, ...).
+
+    ``code`` is a short machine-readable word, ``message`` a sentence saying what was
+    expected and what arrived. ``id`` and ``channel`` are echoed when the frame had them.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a channel stands: the ``offset`` of its last event (0 before the first) in
+    the ``epoch`` (one life of its history) that offset counts in.
+
+    ``str(position)`` is ``"<epoch>:<offset>"``, the ``id:`` of an event-stream message;
+    `Position.parse` reads it back.
+    """
+
+    epoch: str
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.epoch}:{self.offset}"
+
+    @classmethod
+    def parse(cls, text: str) -> tuple[str | None, int]:
+        """Read ``"<epoch>:<offset>"``, or a bare ``"<offset>"`` (epoch None).
+
+        Raises `ProtocolError` (``invalid_since``) unless the offset is ASCII digits.
+        """
+        epoch, _, offset = text.rpartition(":")
+        if not (offset.isascii() and offset.isdigit()) or len(offset) > 18 or len(epoch) > _ID_MAX:
+            raise ProtocolError(
+                "invalid_since",
+                f"a position is an offset or <epoch>:<offset>, the offset in digits; "
+                f"got {text[:40]!r}",
+            )
+        return (epoch or None), int(offset)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,16 +139,21 @@ Frame = Subscribe | Unsubscribe | Message
 class Event:
     """One published event: what the broker carries and every subscriber receives.
 
-    ``data`` is the event's payload already encoded as JSON, and ``frame`` the whole
-    server frame, built once here so that fan-out hands the same bytes to every
-    connection.
+    ``position`` is where it stands in its channel (its epoch and offset), ``data`` its
+    payload already encoded as JSON, and ``frame`` the whole server frame, built once
+    here so that fan-out hands the same bytes to every connection.
     """
 
     channel: str
     type: str
-    offset: int
+    position: Position
     data: bytes
     frame: bytes = field(init=False, repr=False, compare=False)
+
+    @property
+    def offset(self) -> int:
+        """The event's offset in its channel (``position.offset``)."""
+        return self.position.offset
 
     def __post_init__(self) -> None:
         frame = b"".join(
@@ -106,7 +163,7 @@ class Event:
                 b',"channel":',
                 _dumps(self.channel),
                 b',"offset":',
-                str(self.offset).encode(),
+                str(self.position.offset).encode(),
                 b',"data":',
                 self.data,
                 b"}",
@@ -251,14 +308,15 @@ def error(code: str, message: str, *, id: Id = None, channel: str | None = None)
 
 
 def subscribed(
-    channel: str, offset: int, epoch: str, *, recovered: bool | None = None, id: Id = None
+    channel: str, position: Position, *, recovered: bool | None = None, id: Id = None
 ) -> bytes:
     """``{"type": "subscribed", "channel": ..., "offset": ..., "epoch": ...}``.
 
     ``recovered`` is present only when the client asked for recovery with ``since``.
     """
-    frame: dict[str, Any] = {"type": "subscribed", "channel": channel, "offset": offset}
-    frame["epoch"] = epoch
+    frame: dict[str, Any] = {"type": "subscribed", "channel": channel}
+    frame["offset"] = position.offset
+    frame["epoch"] = position.epoch
     if recovered is not None:
         frame["recovered"] = recovered
     return encode(_with(frame, id))

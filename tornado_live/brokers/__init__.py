@@ -1,17 +1,20 @@
 """Brokers carry events between processes and give each event its channel offset.
 
-A broker is anything that implements :class:`Broker`. Every implementation passes the
-same conformance suite (``tests/test_brokers.py``). The contract:
+A broker is anything that implements `Broker`. Every implementation passes the same
+conformance suite (``tests/test_brokers.py``). The contract:
 
-* :meth:`Broker.publish` assigns the next offset of the channel (1, 2, 3, ...: consecutive,
+* `Broker.publish` assigns the next offset of the channel (1, 2, 3, ...: consecutive,
   never reused within one epoch), keeps the event in the channel's bounded history, and
-  delivers it to every callback subscribed to the channel, in every process, in offset
-  order. It returns only once the event is stored; if it raises, the event was not sent.
-* :meth:`Broker.subscribe` / :meth:`Broker.unsubscribe` add and remove a callback for a
-  channel. The hub reference-counts, so a broker sees one callback per hub and channel.
-* :meth:`Broker.history` says where a channel stands (its epoch and last offset) and,
-  given ``since``, returns the events after it, or ``recovered=False`` when the history
-  no longer reaches back that far or belongs to another epoch.
+  delivers it to every subscription of the channel, in every process, in offset order.
+  It returns only once the event is stored; `PublishError` says what happened if not.
+* `Broker.subscribe` / `Broker.unsubscribe` add and remove a subscription: a ``deliver``
+  callback that receives every event, and a ``gap`` callback that is told when events
+  were lost for good for this subscription (Redis came back empty, a history was
+  dropped). Every subscription is told, so two hubs sharing one broker both are. The hub
+  reference-counts, so a broker sees one subscription per hub and channel.
+* `Broker.history` says where a channel stands (its `Position`) and, given ``since``,
+  returns the events after it, or ``recovered=False`` when the history no longer reaches
+  back that far or belongs to another epoch.
 
 An *epoch* names one life of a channel's history. When a history is lost (a process with
 a memory broker restarts, Redis is flushed), the new one gets a new epoch, so a client that
@@ -26,33 +29,34 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
 
-from ..protocol import Event
+from ..protocol import Event, LiveError, Position
 
 Deliver = Callable[[Event], None]
-"""A subscriber callback. It must not block: it is called once per event, in order."""
+"""A subscription's event callback. It must not block: it is called once per event, in
+order."""
 
-Gap = Callable[[str, "History"], None]
-"""``on_gap(channel, position)``: events on ``channel`` were lost for good for this broker's
-subscribers (Redis came back empty, say); delivery resumes after ``position``, a
-:class:`History` with ``recovered=False``."""
+Gap = Callable[[str, Position], None]
+"""A subscription's ``gap(channel, position)`` callback: events on ``channel`` were lost
+for good for this subscription (Redis came back empty, say); delivery resumes after
+``position``. Whoever holds connections for the channel must tell them to refetch."""
 
 
-class PublishError(Exception):
-    """An event could not be published (the broker is unreachable). Nothing was sent."""
+class PublishError(LiveError):
+    """An event could not be published (the broker is unreachable). Nothing was sent,
+    unless the message says that the broker took it but did not answer in time."""
 
 
 @dataclass(frozen=True, slots=True)
 class History:
     """Where a channel stands, and what a recovering client missed.
 
-    ``offset`` is the channel's last offset (0 before the first event) and ``epoch`` the
-    life of its history. ``events`` are the events after the asked-for ``since``, in
-    order; ``recovered`` is False when they could not all be found (and ``events`` is
-    then empty: the client must refetch its state).
+    ``position`` is the channel's epoch and last offset (0 before the first event).
+    ``events`` are the events after the asked-for ``since``, in order; ``recovered`` is
+    False when they could not all be found (and ``events`` is then empty: the client
+    must refetch its state).
     """
 
-    epoch: str
-    offset: int
+    position: Position
     events: Sequence[Event] = ()
     recovered: bool = True
 
@@ -60,20 +64,17 @@ class History:
 class Broker(Protocol):
     """What the hub needs from a broker. See the module docstring for the contract."""
 
-    #: Called when a broker had to skip events it could not deliver; the hub sets it and
-    #: then disconnects the channel's connections, so that they recover or refetch.
-    on_gap: Gap
-
     async def publish(self, channel: str, type: str, data: bytes) -> Event:
         """Store and deliver one event; ``data`` is its JSON-encoded payload."""
         ...
 
-    async def subscribe(self, channel: str, deliver: Deliver) -> None:
-        """Call ``deliver`` with every event published to ``channel`` from now on."""
+    async def subscribe(self, channel: str, deliver: Deliver, gap: Gap) -> None:
+        """Call ``deliver`` with every event published to ``channel`` from now on, and
+        ``gap`` if events of it are lost for good."""
         ...
 
     async def unsubscribe(self, channel: str, deliver: Deliver) -> None:
-        """Stop calling ``deliver`` for ``channel``."""
+        """End the subscription whose callback is ``deliver``."""
         ...
 
     async def history(

@@ -8,7 +8,7 @@ import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from ..protocol import Event
+from ..protocol import Event, Position
 from . import Deliver, Gap, History
 
 log = logging.getLogger("tornado_live.brokers")
@@ -19,7 +19,7 @@ class _Channel:
     epoch: str
     offset: int = 0
     events: deque[tuple[float, Event]] = field(default_factory=deque)
-    subscribers: list[Deliver] = field(default_factory=list)
+    subscribers: dict[Deliver, Gap] = field(default_factory=dict)
 
 
 class MemoryBroker:
@@ -33,6 +33,9 @@ class MemoryBroker:
 
     Several hubs may share one ``MemoryBroker``: they then behave like processes sharing
     a Redis, which is how the tests exercise cross-process behaviour cheaply.
+
+    `forget` drops a channel's history on purpose (a new epoch), telling every
+    subscription of the gap, as a Redis that lost its data would.
     """
 
     HISTORY = 1000
@@ -54,7 +57,6 @@ class MemoryBroker:
         self._epoch = secrets.token_hex(8)
         self._evictions = 0
         self._state: OrderedDict[str, _Channel] = OrderedDict()
-        self.on_gap: Gap = _never  # in one process, nothing is ever skipped
 
     def _channel(self, name: str) -> _Channel:
         state = self._state.get(name)
@@ -82,7 +84,7 @@ class MemoryBroker:
     async def publish(self, channel: str, type: str, data: bytes) -> Event:
         state = self._channel(channel)
         state.offset += 1
-        event = Event(channel, type, state.offset, data)
+        event = Event(channel, type, Position(state.epoch, state.offset), data)
         if self.limit:
             state.events.append((time.monotonic(), event))
             self._expire(state)
@@ -93,32 +95,49 @@ class MemoryBroker:
                 log.exception("subscriber of %r failed on offset %d", channel, event.offset)
         return event
 
-    async def subscribe(self, channel: str, deliver: Deliver) -> None:
-        self._channel(channel).subscribers.append(deliver)
+    async def subscribe(self, channel: str, deliver: Deliver, gap: Gap) -> None:
+        self._channel(channel).subscribers[deliver] = gap
 
     async def unsubscribe(self, channel: str, deliver: Deliver) -> None:
         state = self._state.get(channel)
-        if state is not None and deliver in state.subscribers:
-            state.subscribers.remove(deliver)
+        if state is not None:
+            state.subscribers.pop(deliver, None)
+
+    def forget(self, channel: str) -> None:
+        """Drop ``channel``'s history and start it over in a new epoch (offset 0).
+
+        Every subscription of the channel is told of the gap, and clients recovering with
+        the old epoch are told ``recovered: false``.
+        """
+        state = self._state.get(channel)
+        if state is None:
+            return
+        self._evictions += 1
+        state.epoch = f"{self._epoch}-{self._evictions}"
+        state.offset = 0
+        state.events.clear()
+        position = Position(state.epoch, 0)
+        for gap in tuple(state.subscribers.values()):
+            try:
+                gap(channel, position)
+            except Exception:
+                log.exception("a gap callback of %r failed", channel)
 
     async def history(
         self, channel: str, since: int | None = None, epoch: str | None = None
     ) -> History:
         state = self._channel(channel)
+        position = Position(state.epoch, state.offset)
         if since is None:
-            return History(state.epoch, state.offset)
+            return History(position)
         if (epoch is not None and epoch != state.epoch) or since > state.offset:
-            return History(state.epoch, state.offset, recovered=False)
+            return History(position, recovered=False)
         self._expire(state)
         missed = state.offset - since
         if missed > len(state.events):
-            return History(state.epoch, state.offset, recovered=False)
+            return History(position, recovered=False)
         events = [event for _, event in state.events][len(state.events) - missed :]
-        return History(state.epoch, state.offset, events)
+        return History(position, events)
 
     async def close(self) -> None:
         self._state.clear()
-
-
-def _never(channel: str, position: History) -> None:
-    """The memory broker's ``on_gap``: never called, as it never loses an event."""

@@ -57,9 +57,9 @@ offset it delivered, delivers the missed events in order, and only then carries 
 live ones (duplicates are dropped by offset). Callbacks see one gap-free sequence.
 
 When history cannot fill the gap (Redis lost it, or it no longer reaches back), the broker
-calls its ``on_gap`` hook with the channel and the position delivery resumes from (a
-:class:`~tornado_live.brokers.History` with ``recovered=False``); by default it logs a
-warning. Whoever holds connections for that channel must then tell them to refetch.
+logs a warning and calls the ``gap`` callback of every subscription of that channel with
+the `Position` delivery resumes from. Whoever holds connections for that channel (the
+hub) must then tell them to refetch.
 
 Failures
 --------
@@ -81,7 +81,7 @@ import random
 import secrets
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from typing import Any, Final, NoReturn
 from urllib.parse import urlsplit
 
@@ -91,7 +91,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..protocol import Event, check_channel, check_type
+from ..protocol import Event, Position, check_channel, check_type
 from . import Deliver, Gap, History, PublishError
 
 log = logging.getLogger("tornado_live.brokers")
@@ -163,20 +163,10 @@ class _Channel:
     name: str
     key: bytes  # the pub/sub channel
     live: asyncio.Future[None]  # done once subscribed and caught up on a connection
-    subscribers: list[Deliver] = field(default_factory=list)
+    subscribers: dict[Deliver, Gap] = field(default_factory=dict)
     current: bool = False  # subscribed and caught up on the current connection
     sent: int = -1  # the connection its SUBSCRIBE was last sent on
-    position: tuple[str, int] | None = None  # epoch and offset delivered up to
-
-
-def _log_gap(channel: str, position: History) -> None:
-    log.warning(
-        "events on %r were lost for this process's subscribers (Redis no longer has them); "
-        "delivery resumes after offset %d of epoch %s: clients must refetch",
-        channel,
-        position.offset,
-        position.epoch,
-    )
+    position: Position | None = None  # delivered up to
 
 
 class RedisBroker:
@@ -189,9 +179,9 @@ class RedisBroker:
     ``prefix``, so several applications can share one Redis. Every Redis operation gives
     up after ``timeout`` seconds; the pub/sub connection is pinged after ``keepalive``
     seconds of silence and reconnected after a failure, waiting between attempts from
-    ``backoff[0]`` doubling up to ``backoff[1]`` seconds, with jitter. ``on_gap`` is called
-    when events were lost for good (see the module documentation); it may also be set
-    later, as the ``on_gap`` attribute.
+    ``backoff[0]`` doubling up to ``backoff[1]`` seconds, with jitter. When events were
+    lost for good, every subscription's ``gap`` callback is told (see the module
+    documentation).
 
     :meth:`publish` raises :class:`~tornado_live.brokers.PublishError` when Redis is
     unreachable; :meth:`subscribe` and :meth:`history` raise :class:`ConnectionError`.
@@ -217,7 +207,6 @@ class RedisBroker:
         timeout: float = TIMEOUT,
         keepalive: float = KEEPALIVE,
         backoff: tuple[float, float] = BACKOFF,
-        on_gap: Gap | None = None,
     ) -> None:
         if history < 0:
             raise ValueError(f"history must be >= 0 events, got {history}")
@@ -248,7 +237,6 @@ class RedisBroker:
         self.timeout = timeout
         self.keepalive = keepalive
         self.backoff = backoff
-        self.on_gap: Gap = _log_gap if on_gap is None else on_gap
         # No retries anywhere: a retried script could publish an event twice, and the
         # reader reconnects (and resubscribes) by itself.
         self._redis = Redis.from_url(
@@ -280,7 +268,7 @@ class RedisBroker:
         if self._closed:
             raise PublishError(f"could not publish {type!r} on {channel!r}: the broker is closed")
         try:
-            _, offset = await self._publish(
+            life, offset = await self._publish(
                 keys=self._names(channel),
                 args=[
                     secrets.token_hex(8),
@@ -304,9 +292,9 @@ class RedisBroker:
                 f"could not publish {type!r} on {channel!r}: Redis at {self.where} failed "
                 f"({_name(exc)}: {exc}); {fate}"
             ) from exc
-        return Event(channel, type, int(offset), data)
+        return Event(channel, type, Position(life.decode(), int(offset)), data)
 
-    async def subscribe(self, channel: str, deliver: Deliver) -> None:
+    async def subscribe(self, channel: str, deliver: Deliver, gap: Gap) -> None:
         check_channel(channel)
         self._check_open()
         self._start()
@@ -318,10 +306,10 @@ class RedisBroker:
             live.add_done_callback(_retrieve)
             state = _Channel(channel, self._key(channel).encode(), live)
             self._channels[channel] = self._keys[state.key] = state
-            state.subscribers.append(deliver)
+            state.subscribers[deliver] = gap
             await self._send("SUBSCRIBE", state)
         else:
-            state.subscribers.append(deliver)
+            state.subscribers[deliver] = gap
         try:
             async with asyncio.timeout(self.timeout):
                 await asyncio.shield(state.live)
@@ -337,7 +325,7 @@ class RedisBroker:
         state = self._channels.get(channel)
         if state is None or deliver not in state.subscribers:
             return
-        state.subscribers.remove(deliver)
+        del state.subscribers[deliver]
         if not state.subscribers:
             del self._channels[channel], self._keys[state.key]
             if not state.live.done():
@@ -392,16 +380,19 @@ class RedisBroker:
 
     @staticmethod
     def _answer(channel: str, reply: list[Any]) -> History:
-        epoch, offset = reply[0].decode(), int(reply[1])
+        epoch = reply[0].decode()
+        position = Position(epoch, int(reply[1]))
         if len(reply) == 2:
-            return History(epoch, offset)
+            return History(position)
         if not reply[2]:
-            return History(epoch, offset, recovered=False)
+            return History(position, recovered=False)
         events = [
-            Event(channel, fields[1].decode(), int(id.partition(b"-")[0]), fields[3])
+            Event(
+                channel, fields[1].decode(), Position(epoch, int(id.partition(b"-")[0])), fields[3]
+            )
             for id, fields in reply[3]
         ]
-        return History(epoch, offset, events)
+        return History(position, events)
 
     # -- the pub/sub connection -------------------------------------------------------------
 
@@ -567,30 +558,29 @@ class RedisBroker:
         """Deliver one published event; False if events before it are missing."""
         try:
             epoch, offset, type, data = message["data"].split(b" ", 3)
-            event = Event(state.name, type.decode(), int(offset), data)
-            life = epoch.decode()
+            event = Event(state.name, type.decode(), Position(epoch.decode(), int(offset)), data)
         except ValueError:
             log.error(
                 "ignored a malformed message on %r: %.80r", message["channel"], message["data"]
             )
             return True
         assert state.position is not None
-        last_epoch, last = state.position
-        if life != last_epoch:
+        last = state.position
+        if event.position.epoch != last.epoch:
             # Redis lost the channel's history while we were connected (FLUSHALL, say).
-            self._gap(state, History(life, event.offset - 1, recovered=False))
-        elif event.offset <= last:
+            self._gap(state, Position(event.position.epoch, event.offset - 1))
+        elif event.offset <= last.offset:
             return True  # already delivered
-        elif event.offset > last + 1:
+        elif event.offset > last.offset + 1:
             return False
-        self._deliver(state, life, [event])
+        self._deliver(state, [event])
         return True
 
     async def _catch_up(self, states: list[_Channel]) -> None:
         """Bring subscriptions up to date from history, in one round trip."""
         async with self._redis.pipeline(transaction=False) as pipe:
             for state in states:
-                epoch, since = (None, None) if state.position is None else state.position
+                epoch, since = (None, None) if state.position is None else astuple(state.position)
                 await self._history(
                     keys=self._names(state.name), args=self._history_args(since, epoch), client=pipe
                 )
@@ -601,29 +591,37 @@ class RedisBroker:
             history = self._answer(state.name, reply)
             if state.position is not None:
                 if history.recovered:
-                    self._deliver(state, history.epoch, history.events)
+                    self._deliver(state, history.events)
                 else:
-                    self._gap(state, history)
-            state.position = (history.epoch, history.offset)
+                    self._gap(state, history.position)
+            state.position = history.position
             state.current = True
             if not state.live.done():
                 state.live.set_result(None)
 
-    def _deliver(self, state: _Channel, epoch: str, events: Iterable[Event]) -> None:
+    def _deliver(self, state: _Channel, events: Iterable[Event]) -> None:
         for event in events:
-            state.position = (epoch, event.offset)
+            state.position = event.position
             for deliver in tuple(state.subscribers):
                 try:
                     deliver(event)
                 except Exception:
                     log.exception("subscriber of %r failed on offset %d", state.name, event.offset)
 
-    def _gap(self, state: _Channel, position: History) -> None:
-        state.position = (position.epoch, position.offset)
-        try:
-            self.on_gap(state.name, position)
-        except Exception:
-            log.exception("on_gap failed for %r", state.name)
+    def _gap(self, state: _Channel, position: Position) -> None:
+        state.position = position
+        log.warning(
+            "events on %r were lost for this process's subscribers (Redis no longer has them); "
+            "delivery resumes after offset %d of epoch %s: clients must refetch",
+            state.name,
+            position.offset,
+            position.epoch,
+        )
+        for gap in tuple(state.subscribers.values()):
+            try:
+                gap(state.name, position)
+            except Exception:
+                log.exception("a gap callback of %r failed", state.name)
 
 
 def _name(exc: BaseException) -> str:

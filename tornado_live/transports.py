@@ -1,0 +1,270 @@
+"""The bytes of each transport: WebSocket frames and Server-Sent Events.
+
+A transport is what the hub sees as a connection: ``send(frame, position)`` queues one
+server frame without ever blocking, and ``reset(reason)`` tells the client to start over.
+Each handler makes one for its client (`WebSocket` after the handshake, `EventStream` for
+``GET`` with ``Accept: text/event-stream``), so nothing of the hub's contract lives in the
+user's handler namespace.
+
+Both cap what may pile up unread (``live_max_pending`` bytes in the stream's write
+buffer): a client that does not read is cut off at once, and recovers with ``since``
+when it reconnects; a frame that could never fit is replaced by a ``too_big`` error.
+
+Every use of Tornado's private or undocumented API in the package is gathered at the end
+of this module, each with why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final
+
+from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
+from tornado.websocket import WebSocketClosedError
+
+from . import protocol
+from .hub import Hub
+from .protocol import Position
+
+if TYPE_CHECKING:
+    import tornado.web
+    import tornado.websocket
+
+log = logging.getLogger("tornado_live.transports")
+
+#: Bytes of framing a frame needs beyond its own length: a WebSocket header; an
+#: event-stream message's ``id: <epoch>:<offset>`` and ``data:`` lines.
+_WEBSOCKET_FRAMING: Final = 14
+_EVENT_STREAM_FRAMING: Final = 192
+
+
+class WebSocket:
+    """The WebSocket transport: frames written straight to the connection's stream.
+
+    Without compression each frame is framed once per event (the hub hands every
+    connection the same bytes) and written to the stream as is: Tornado's
+    ``write_message`` would start an asyncio task per message and client, which costs more
+    than everything else here. With permessage-deflate it goes through ``write_message``.
+    """
+
+    __slots__ = ("handler", "hub", "limit", "plain")
+
+    def __init__(self, handler: tornado.websocket.WebSocketHandler, hub: Hub, limit: int) -> None:
+        self.handler = handler
+        self.hub = hub
+        self.limit = limit
+        self.plain = handler.get_compression_options() is None
+
+    def send(self, frame: bytes, position: Position | None = None) -> None:
+        """Queue one frame for the client; never blocks, never raises."""
+        connection = self.handler.ws_connection
+        if connection is None or connection.is_closing():
+            return
+        stream = _websocket_stream(connection)
+        if stream is None:
+            return
+        frame = _fit(stream, self.limit, frame, _WEBSOCKET_FRAMING)
+        try:
+            if self.plain:
+                stream.write(_WEBSOCKET(frame))
+            else:
+                connection.write_message(frame)
+        except StreamBufferFullError:
+            log.warning("closing %s: more than %d bytes unread", self.handler, self.limit)
+            self.hub.leave(self)  # at once: the close handshake may take a while
+            self.handler.close(1013, "too slow: reconnect and recover with since")
+        except (StreamClosedError, WebSocketClosedError):
+            pass
+
+    def reset(self, reason: str) -> None:
+        """Close with code 1012 (service restart): events this client subscribed to were
+        lost, so it must reconnect, and will be told ``recovered: false``."""
+        self.hub.leave(self)
+        if self.handler.ws_connection is not None:
+            self.handler.close(1012, reason)
+
+    def closed(self) -> None:
+        """The client went away."""
+        self.hub.leave(self)
+
+
+class EventStream:
+    """The event-stream transport (Server-Sent Events): one ``GET`` response, kept open.
+
+    Each frame is one message whose ``data:`` is the same JSON as over the WebSocket; an
+    event's and a ``subscribed`` frame's ``id:`` is its position, ``<epoch>:<offset>``, so
+    that the browser's own reconnect (which sends it back as ``Last-Event-ID``) recovers
+    with nothing else in the URL.
+    """
+
+    __slots__ = ("done", "handler", "hub", "limit")
+
+    def __init__(self, handler: tornado.web.RequestHandler, hub: Hub, limit: int) -> None:
+        self.handler = handler
+        self.hub = hub
+        self.limit = limit
+        self.done = asyncio.Event()  # set when the stream must end
+
+    def send(self, frame: bytes, position: Position | None = None) -> None:
+        """Queue one frame for the client; never blocks, never raises."""
+        stream = _http_stream(self.handler)
+        if stream is None:
+            return
+        frame = _fit(stream, self.limit, frame, _EVENT_STREAM_FRAMING)
+        self.write(_EVENT_STREAM(frame, position), stream)
+
+    def write(self, message: bytes, stream: IOStream | None = None) -> None:
+        """Write ``message`` (already in event-stream form) now."""
+        stream = stream or _http_stream(self.handler)
+        if stream is None or stream.closed() or _finished(self.handler):
+            return
+        try:
+            self.handler.write(message)
+            self.handler.flush()
+        except StreamBufferFullError:
+            log.warning("closing %s: more than %d bytes unread", self.handler, self.limit)
+            self.closed()
+            stream.close()
+        except StreamClosedError:
+            pass
+
+    def reset(self, reason: str) -> None:
+        """End the stream: events this client subscribed to were lost; the browser
+        reconnects and is told ``recovered: false``."""
+        self.closed()
+
+    def closed(self) -> None:
+        """The client went away, or the stream must end."""
+        self.hub.leave(self)
+        self.done.set()
+
+    def gone(self) -> bool:
+        """True if the client's connection is already closed."""
+        stream = _http_stream(self.handler)
+        return stream is None or stream.closed()
+
+    async def serve(self, ping_interval: float) -> None:
+        """Keep the stream open until it ends: a jittered ``retry:`` first (browsers then
+        reconnect after 1-3 s, each at another moment, not all at once after a restart),
+        then a ``: ping`` comment every ``ping_interval`` seconds, which keeps proxies from
+        closing it as idle."""
+        self.write(b"retry: %d\n\n" % random.randint(1000, 3000))
+        try:
+            while not self.done.is_set():
+                try:
+                    await asyncio.wait_for(self.done.wait(), ping_interval)
+                except TimeoutError:
+                    self.write(b": ping\n\n")
+        finally:
+            self.hub.leave(self)
+            _uncap(self.handler)
+
+
+def _fit(stream: IOStream, limit: int, frame: bytes, framing: int) -> bytes:
+    """Cap the stream's write buffer; replace a frame that could never fit in it."""
+    if stream.max_write_buffer_size is None:
+        # A documented IOStream argument, set on a stream Tornado made: a write past it
+        # raises StreamBufferFullError instead of buffering without bound.
+        stream.max_write_buffer_size = limit
+    if len(frame) + framing <= stream.max_write_buffer_size:
+        return frame
+    log.error("a %d-byte frame exceeds live_max_pending; not sent", len(frame))
+    return protocol.error(
+        "too_big",
+        f"a {len(frame)}-byte frame was not sent: it exceeds the server's "
+        f"live_max_pending ({stream.max_write_buffer_size} bytes)",
+    )
+
+
+class _Once:
+    """Turn a frame into its wire form once per event, not once per connection.
+
+    The hub hands the *same* bytes object to every connection of a channel in a row, so
+    remembering the last frame (by identity) and its wire form is enough.
+    """
+
+    __slots__ = ("build", "frame", "wire")
+
+    def __init__(self, build: Callable[[bytes, Position | None], bytes]) -> None:
+        self.build = build
+        self.frame: bytes | None = None
+        self.wire = b""
+
+    def __call__(self, frame: bytes, position: Position | None = None) -> bytes:
+        if frame is not self.frame:
+            self.frame, self.wire = frame, self.build(frame, position)
+        return self.wire
+
+
+def _websocket(frame: bytes, position: Position | None = None) -> bytes:
+    """An unmasked, final text frame (RFC 6455 5.2) carrying ``frame``."""
+    length = len(frame)
+    if length < 126:
+        header = bytes((0x81, length))
+    elif length < 1 << 16:
+        header = struct.pack("!BBH", 0x81, 126, length)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, length)
+    return header + frame
+
+
+def _event_stream(frame: bytes, position: Position | None) -> bytes:
+    """A Server-Sent Events message carrying ``frame``, its position (if any) as ``id``."""
+    head = b"" if position is None else b"id: " + str(position).encode() + b"\n"
+    return head + b"data: " + frame + b"\n\n"
+
+
+_WEBSOCKET: Final = _Once(_websocket)
+_EVENT_STREAM: Final = _Once(_event_stream)
+
+
+# -- Tornado internals: every private or undocumented use in the package, and why -----------
+
+
+def _websocket_stream(
+    connection: tornado.websocket.WebSocketProtocol,
+) -> IOStream | None:
+    # WebSocketProtocol.stream is undocumented. Writing pre-framed bytes to it is what
+    # makes fan-out cheap (write_message makes a task per message and client), and its
+    # write buffer is the true measure of what a slow client left unread.
+    return connection.stream
+
+
+def _http_stream(handler: tornado.web.RequestHandler) -> IOStream | None:
+    # HTTP1Connection.stream is undocumented: an event stream needs it to cap its write
+    # buffer (a slow reader) and to see that the client went away.
+    return getattr(handler.request.connection, "stream", None)
+
+
+def _finished(handler: tornado.web.RequestHandler) -> bool:
+    # RequestHandler._finished: write() after finish() raises; an event stream that was
+    # ended (or failed) must stop writing quietly.
+    return bool(handler._finished)
+
+
+def _uncap(handler: tornado.web.RequestHandler) -> None:
+    # The event stream capped the connection's write buffer (see _fit); a keep-alive
+    # connection serves other responses afterwards, which must not inherit that cap.
+    stream = _http_stream(handler)
+    if stream is not None:
+        stream.max_write_buffer_size = None
+
+
+def headers_written(handler: tornado.web.RequestHandler) -> bool:
+    """True once a response's headers went out (a refused stream can then not get a
+    status). ``RequestHandler._headers_written`` is private; there is no public test."""
+    return bool(handler._headers_written)
+
+
+def cross_origin(handler: tornado.websocket.WebSocketHandler) -> str | None:
+    """Why this request is refused as cross-origin, or None if it is allowed.
+
+    ``RequestHandler._check_cross_origin`` is private (Tornado 6.6), but it is exactly
+    the rule the WebSocket handshake applies, given ``check_origin``: HTTP messages and
+    event streams must follow the same rule as the socket, not a copy of it.
+    """
+    return handler._check_cross_origin(handler.check_origin)
