@@ -131,8 +131,10 @@ async def test_handler_errors_are_answered_and_the_socket_stays(live_connect: An
 
 @pytest.mark.parametrize(
     "name",
-    ["close", "message", "connection_close", "ping", "pong", "finish", "open_", "helper"]
-    + ["on_helper", "say_no", "get", "post", "initialize", "can_subscribe"],
+    [
+        *("close", "message", "connection_close", "ping", "pong", "finish", "open_"),
+        *("helper", "on_helper", "say_no", "get", "post", "initialize", "can_subscribe"),
+    ],
 )
 async def test_only_declared_messages_can_be_called(live_connect: Any, name: str) -> None:
     client = await live_connect("/live")
