@@ -71,10 +71,10 @@ class Session:
                     raise
                 return
             assert message is not None, f"closed: {self.connection.close_code}"
-            self.frames.append(json.loads(message))
-            if offset is not None and self.frames[-1].get("offset") == offset:
-                if self.frames[-1]["type"] != "subscribed":
-                    return
+            frame = json.loads(message)
+            self.frames.append(frame)
+            if offset is not None and frame["type"] != "subscribed" and frame["offset"] == offset:
+                return
 
     def last(self) -> Position | None:
         """Where this session stands (its epoch and last offset), for the next one."""
