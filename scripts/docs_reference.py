@@ -26,6 +26,7 @@ import builtins
 import dataclasses
 import importlib
 import inspect
+import itertools
 import pkgutil
 import re
 from dataclasses import dataclass
@@ -338,13 +339,12 @@ class Checker:
             elif EMPTY_HEADER.match(line):
                 table = True
             elif table and line.startswith("|"):
-                if python and (row := ROW.match(line)):
-                    if owner is None:
-                        self.fail(
-                            number, "a member table under a heading naming no class or module"
-                        )
-                    for spec in CODE_SPAN.findall(row["specs"]) if owner is not None else []:
-                        self.row(spec, owner, number)
+                if not python or (row := ROW.match(line)) is None:
+                    continue
+                if owner is None:
+                    self.fail(number, "a member table under a heading naming no class or module")
+                for spec in CODE_SPAN.findall(row["specs"]) if owner is not None else []:
+                    self.row(spec, owner, number)
             else:
                 table = False
         self.exports(lines)
@@ -378,10 +378,8 @@ class Checker:
 
     def row(self, spec: str, owner: Any, line: int) -> None:
         words = spec.split()
-        while words and words[0] in WORDS:
-            words.pop(0)
-        prefixes = spec.split()[: len(spec.split()) - len(words)]
-        rest = " ".join(words)
+        prefixes = list(itertools.takewhile(lambda word: word in WORDS, words))
+        rest = " ".join(words[len(prefixes) :])
         found = re.match(r"([A-Za-z_]\w*)(\(.*)?$", rest, re.DOTALL)
         if found is None:
             self.fail(line, f"`{spec}` is neither a name nor a signature")
