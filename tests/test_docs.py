@@ -5,9 +5,13 @@
 * The ``transcript`` session in ``docs/protocol.md`` is replayed against the demo app,
   frame by frame, strictly.
 * The site builds with ``mkdocs build --strict`` (broken links and anchors fail); every
-  ``python`` block that is not a snippet include compiles; the tutorial's Python is all
-  included from real files; the protocol's error table lists exactly the codes the package
-  sends; the reference names every public name and setting.
+  hand-written ``python`` block compiles; the protocol's error table lists exactly the codes
+  the package sends; the reference names every public name and setting.
+* The code the pages show is the code that runs: every block after a
+  ``<!-- code: file#section -->`` marker equals that section of the file
+  (``scripts/docs-sync`` rewrites them), and no page copies code without a marker.
+* The signatures in ``docs/reference.md`` are the package's (``scripts/docs_reference.py``),
+  and no docstring uses a Sphinx role, which renders nowhere (``scripts/unsphinx``).
 * The example test shown in ``docs/howto-testing.md`` lives here and runs.
 """
 
@@ -22,8 +26,11 @@ from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import docs_reference
+import docs_sync
 import pytest
 import tornado.web
+import unsphinx
 from pymongo import AsyncMongoClient
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPResponse
 from tornado.ioloop import IOLoop
@@ -40,7 +47,6 @@ TIMEOUT = 5.0
 LiveConnect = Callable[..., Awaitable[Client]]
 
 FENCE = re.compile(r"^```(?P<info>[^\n`]*)\n(?P<body>.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
-SNIPPET = re.compile(r"^\s*-{1,}8<-{1,}[ \t]+\S")
 
 
 def blocks(path: Path, info: str) -> list[tuple[int, str]]:
@@ -51,12 +57,6 @@ def blocks(path: Path, info: str) -> list[tuple[int, str]]:
         for found in FENCE.finditer(text)
         if found["info"].strip() == info
     ]
-
-
-def is_include(body: str) -> bool:
-    """True if a block only includes code from a real file (``--8<-- "file:section"``)."""
-    lines = [line for line in body.splitlines() if line.strip()]
-    return bool(lines) and all(SNIPPET.match(line) for line in lines)
 
 
 async def fetch(
@@ -228,18 +228,139 @@ def doc_pages() -> list[Path]:
     return sorted(DOCS.glob("*.md"))
 
 
+def copied(page: Path) -> set[int]:
+    """The first body lines of the blocks of ``page`` that are copies of real code."""
+    return {block.start + 2 for block in docs_sync.blocks(page)}
+
+
 @pytest.mark.parametrize("page", [*doc_pages(), README], ids=lambda page: page.name)
 def test_python_blocks_compile(page: Path) -> None:
+    """Each hand-written block; a copied one is a section of a file that runs."""
     for line, body in blocks(page, "python"):
-        if not is_include(body):
+        if line not in copied(page):
             compile(body, f"{page.relative_to(ROOT)}:{line}", "exec")
 
 
-def test_tutorial_python_is_included_from_real_files() -> None:
-    found = blocks(DOCS / "tutorial.md", "python")
-    assert found
-    for line, body in found:
-        assert is_include(body), f"docs/tutorial.md:{line}: include the code with --8<--"
+# -- (d) the code the pages show is the code that runs --------------------------------------
+
+
+def test_shown_code_is_the_code_that_runs() -> None:
+    """Every marked block equals its source section: run scripts/docs-sync if not."""
+    assert not docs_sync.broken(doc_pages()), "\n".join(docs_sync.broken(doc_pages()))
+    stale = docs_sync.stale(doc_pages())
+    assert not stale, "run .venv/bin/python scripts/docs-sync:\n" + "\n".join(stale)
+
+
+def test_pages_show_code_from_the_repository_only_with_markers() -> None:
+    assert not docs_sync.includes(doc_pages())
+    copies = docs_sync.unmarked_copies(doc_pages())
+    assert not copies, "\n".join(copies)
+    # The tutorial's Python is all the demo's, and the README's example is on the home page.
+    tutorial = DOCS / "tutorial.md"
+    assert {line for line, _ in blocks(tutorial, "python")} <= copied(tutorial)
+    assert "README.md#example" in [block.name() for block in docs_sync.blocks(DOCS / "index.md")]
+
+
+def test_docs_sync_rewrites_and_lists_stale_blocks(tmp_path: Path) -> None:
+    (tmp_path / "app.py").write_text(
+        "def main() -> None:\n"
+        "    # --8<-- [start:body]\n"
+        "    x = 1\n"
+        "    # --8<-- [start:inner]\n"
+        "    print(x)\n"
+        "    # --8<-- [end:inner]\n"
+        "    # --8<-- [end:body]\n",
+        encoding="utf-8",
+    )
+    page = tmp_path / "page.md"
+    page.write_text(
+        "Text.\n\n<!-- code: app.py#body -->\n```python\nold\n```\n\n"
+        "<!-- code: app.py#inner -->\n```python\nprint(x)\n```\n",
+        encoding="utf-8",
+    )
+    assert docs_sync.stale([page], tmp_path) == [f"{page}:3: app.py#body is stale"]
+    page.write_text(docs_sync.synced(page, tmp_path), encoding="utf-8")
+    assert "```python\nx = 1\nprint(x)\n```" in page.read_text(encoding="utf-8")
+    assert docs_sync.stale([page], tmp_path) == []
+
+    markers = "<!-- code: app.py#nothing -->\n```\n```\n<!-- code: gone.py#body -->\n```\n```\n"
+    page.write_text(markers, encoding="utf-8")
+    assert docs_sync.broken([page], tmp_path) == [
+        f"{page}:1: app.py: section 'nothing' has no start marker",
+        f"{page}:4: gone.py: no such file",
+    ]
+    page.write_text("<!-- code: app.py#body -->\nno block\n", encoding="utf-8")
+    assert docs_sync.broken([page], tmp_path) == [
+        f"{page}:1: a code marker must be followed by a fenced block"
+    ]
+
+
+# -- (e) the reference is the code's, and docstrings read anywhere --------------------------
+
+
+def test_reference_matches_the_code() -> None:
+    """Signature blocks and member tables of docs/reference.md against inspect.signature."""
+    checker = docs_reference.Checker()
+    mismatches = checker.run()
+    assert not mismatches, "\n".join(map(str, mismatches))
+    assert len(checker.checked) > 30, "the reference's signatures were not found"
+
+
+REFERENCE_MUTATIONS = [
+    ("*, timeout: float = 10.0) -> Any`", "*, timeout: float = 5.0) -> Any`", "defaults differ"),
+    ("`async send_raw(message: str", "`async send_raw(text: str", "names or kinds differ"),
+    ("`async delete() -> bool`", "`delete() -> bool`", "Document.delete: is async"),
+    ("model(name: str, *, public", "model(name: str, public", "names or kinds differ"),
+    ("`classmethod bind(", "`bind(", "is a classmethod, documented as a method"),
+    ("class UnboundError(RuntimeError)", "class UnboundError(ValueError)", "bases differ"),
+    ("    HISTORY = 1000\n", "    HISTORY = 100\n", "HISTORY: the values differ"),
+    ("    offset: int\n", "    offset: str\n", "Event: field 3 differs"),
+    ("| `leave(connection: Connection)", "| `forget(connection: Connection)", "no 'forget'"),
+    ("### `MemoryBroker`", "### MemoryBroker", "no heading for tornado_live.MemoryBroker"),
+]
+
+
+@pytest.mark.parametrize(("old", "new", "problem"), REFERENCE_MUTATIONS)
+def test_reference_check_finds_mismatches(tmp_path: Path, old: str, new: str, problem: str) -> None:
+    text = (DOCS / "reference.md").read_text(encoding="utf-8")
+    assert old in text
+    page = tmp_path / "reference.md"
+    page.write_text(text.replace(old, new, 1), encoding="utf-8")
+    mismatches = docs_reference.check_reference(page)
+    assert len(mismatches) == 1, mismatches
+    mismatch = mismatches[0]
+    assert problem in mismatch.problem
+    line = text.count("\n", 0, text.index(old)) + 1
+    assert mismatch.line == (1 if "heading" in problem else line)
+    assert str(mismatch).startswith(f"{page}:{mismatch.line}: ")
+
+
+@pytest.mark.parametrize(
+    ("role", "target", "plain"),
+    [
+        ("class", "~tornado_live.hub.Hub", "`Hub`"),
+        ("meth", "Broker.publish", "`Broker.publish`"),
+        ("meth", "~RedisBroker.publish", "`publish`"),
+        ("mod", "~tornado_live.protocol", "`protocol`"),
+        ("py:func", "the decorator <tornado_live.model>", "`the decorator`"),
+        ("data", "PUBLISH", "`PUBLISH`"),
+        ("attr", "!Client.positions", "`Client.positions`"),
+    ],
+)
+def test_unsphinx(role: str, target: str, plain: str) -> None:
+    # The roles are put together here, so that scripts/unsphinx leaves this file alone.
+    assert unsphinx.unsphinx(f"See :{role}:`{target}`, then ``x``.") == f"See {plain}, then ``x``."
+
+
+@pytest.mark.parametrize("folder", ["tornado_live", "example_app"])
+def test_no_sphinx_roles_in_docstrings(folder: str) -> None:
+    """They render nowhere: run ``.venv/bin/python scripts/unsphinx <folder>``."""
+    found = [
+        f"{path.relative_to(ROOT)}:{line}"
+        for path in unsphinx.python_files([ROOT / folder])
+        for line in dict.fromkeys(unsphinx.roles(path.read_text(encoding="utf-8")))
+    ]
+    assert not found, f"Sphinx roles (run scripts/unsphinx {folder}): {', '.join(found)}"
 
 
 def test_protocol_lists_every_error_code() -> None:
@@ -268,7 +389,7 @@ def test_reference_names_the_public_api() -> None:
         assert re.search(rf"`{name}\b", text), f"docs/reference.md does not mention {name}"
 
 
-# -- (d) the example test of docs/howto-testing.md -----------------------------------------
+# -- (f) the example test of docs/howto-testing.md -----------------------------------------
 
 
 # --8<-- [start:howto]

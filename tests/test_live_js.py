@@ -339,7 +339,7 @@ class Proxy:
             self._loop.close()
 
     def cut(self) -> None:
-        """Drop every connection (a reset), and refuse new ones until :meth:`resume`."""
+        """Drop every connection (a reset), and refuse new ones until `resume`."""
         self._run(self._cut())
 
     def resume(self) -> None:
