@@ -725,3 +725,62 @@ def test_declarations_are_inherited_and_overridable() -> None:
 
     assert Child._live_messages == {"claim": "claim", "ping_me": "other"}
     assert Base._live_messages == {"claim": "claim"}
+
+
+async def test_an_event_too_big_for_an_event_stream_is_a_framed_error(
+    http_server: Any, base_url: str, hub: Hub
+) -> None:
+    stream = await EventStream.open(base_url, "channel=users")
+    try:
+        _, subscribed = await stream.message()
+        epoch = subscribed["epoch"]
+        await hub.publish("users", "updated_user", {"blob": "x" * (70 * 1024)})  # > 64 KiB
+        await hub.publish("users", "updated_user", {"n": 2})
+        id, error = await stream.message()
+        assert (id, error["type"], error["code"]) == (f"{epoch}:1", "error", "too_big")
+        id, event = await stream.message()  # the next event keeps its own id
+        assert (id, event["offset"], event["data"]) == (f"{epoch}:2", 2, {"n": 2})
+    finally:
+        stream.close()
+
+
+class Slow(LiveMixin, WebSocketHandler):
+    """A policy that takes its time, as one asking a database would."""
+
+    deciding: ClassVar[asyncio.Event]
+
+    async def can_subscribe(self, channel: str) -> bool:
+        self.deciding.set()
+        await asyncio.sleep(0.3)
+        return True
+
+
+class TestASlowPolicy:
+    @pytest.fixture
+    def app(self, hub: Hub) -> tornado.web.Application:
+        return tornado.web.Application([(r"/live", Slow, {"hub": hub})])
+
+    async def test_a_stream_that_leaves_while_the_policy_decides_is_not_kept(
+        self, http_server: Any, base_url: str, hub: Hub
+    ) -> None:
+        Slow.deciding = asyncio.Event()
+        host, port = base_url.removeprefix("http://").split(":")
+        writers = []
+        for _ in range(5):
+            _, writer = await asyncio.open_connection(host, int(port))
+            request = f"GET /live?channel=users HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            writer.write(f"{request}Accept: text/event-stream\r\n\r\n".encode())
+            writers.append(writer)
+        await Slow.deciding.wait()
+        for writer in writers:
+            writer.close()  # gone before the answer
+        await asyncio.sleep(0.6)  # the policy said yes meanwhile
+        assert hub.channels == frozenset()
+        assert hub.subscribers("users") == 0
+        # A stream that stays is served as usual.
+        stream = await EventStream.open(base_url, "channel=users")
+        try:
+            assert (await stream.message())[1]["type"] == "subscribed"
+            assert hub.subscribers("users") == 1
+        finally:
+            stream.close()

@@ -12,7 +12,7 @@
 
 Frames answering a request (``subscribed``, ``unsubscribed``, ``reply``, or an ``error``
 carrying the request's ``id``) go to the call that made the request; everything else
-(events, and errors not tied to a request) waits in order for :meth:`Client.receive`.
+(events, and errors not tied to a request) waits in order for `Client.receive`.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class Closed(LiveError, ConnectionError):
 
 
 class Client:
-    """One WebSocket connection speaking protocol v1. Make it with :meth:`connect`."""
+    """One WebSocket connection speaking protocol v1. Make it with `connect`."""
 
     def __init__(self, connection: WebSocketClientConnection) -> None:
         self.connection = connection
@@ -69,7 +69,7 @@ class Client:
         """Open a connection to ``url`` (``ws://`` or ``wss://``).
 
         ``origin`` sets the ``Origin`` header, as a browser would; ``headers`` adds others
-        (a cookie, an ``Authorization``). Raises :class:`tornado.httpclient.HTTPClientError`
+        (a cookie, an ``Authorization``). Raises `tornado.httpclient.HTTPClientError`
         if the server refuses the handshake (403 for a cross-origin one).
         """
         all_headers = dict(headers or {})
@@ -86,8 +86,8 @@ class Client:
     ) -> dict[str, Any]:
         """Subscribe; return the ``subscribed`` frame (with ``recovered`` if ``since``).
 
-        Missed events sent before it are waiting in :meth:`receive`. Raises
-        :class:`ClientError` if the server refuses.
+        Missed events sent before it are waiting in `receive`. Raises
+        `ClientError` if the server refuses.
         """
         frame: dict[str, Any] = {"type": "subscribe", "channel": channel}
         if since is not None:
@@ -149,8 +149,8 @@ class Client:
     async def receive(self, timeout: float = 5.0) -> dict[str, Any]:
         """The next frame that answers no request (an event, mostly), in arrival order.
 
-        Raises :class:`TimeoutError` if none arrives in ``timeout`` seconds and
-        :class:`Closed` once the connection is closed and every frame was read.
+        Raises `TimeoutError` if none arrives in ``timeout`` seconds and
+        `Closed` once the connection is closed and every frame was read.
         """
         frame: dict[str, Any] | None = await asyncio.wait_for(self._frames.get(), timeout)
         if frame is None:

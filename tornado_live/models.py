@@ -1,6 +1,6 @@
 """Live models: documents that broadcast ``created_<name>``/``updated_<name>``/``deleted_<name>``.
 
-A model is a :class:`Document` subclass decorated with :func:`model`, bound at start-up to
+A model is a `Document` subclass decorated with `model`, bound at start-up to
 an async collection and a hub::
 
     @model("user", public=("name", "email"))
@@ -47,8 +47,8 @@ class Document:
     """Base class of live models: a dict of fields, saved to a collection, announced by a hub.
 
     Fields are read and written like a dict (``user["name"]``, ``user.update(...)``);
-    ``user.id`` is the ``_id``. Override :meth:`public` to shape what events and your
-    API show, :meth:`new_id` / :meth:`parse_id` to use another kind of ``_id``.
+    ``user.id`` is the ``_id``. Override `public` to shape what events and your
+    API show, `new_id` / `parse_id` to use another kind of ``_id``.
     """
 
     name: ClassVar[str]
@@ -148,7 +148,7 @@ class Document:
 
     @classmethod
     async def get(cls, id: Any) -> Self | None:
-        """The document with this ``_id`` (a string is passed through :meth:`parse_id`)."""
+        """The document with this ``_id`` (a string is passed through `parse_id`)."""
         collection, _ = cls._bound()
         found = await collection.find_one({"_id": cls.parse_id(id) if isinstance(id, str) else id})
         return None if found is None else cls._load(found)
@@ -165,7 +165,7 @@ class Document:
         Publishes ``created_<name>`` or ``updated_<name>`` to the model's channel and to
         ``<channel>/<id>`` once the driver acknowledged the write. If the write raises
         (a duplicate key, say), nothing is published and the error propagates. Raises
-        :class:`LookupError` if a stored document was deleted meanwhile.
+        `LookupError` if a stored document was deleted meanwhile.
         """
         collection, hub = self._bound()
         if not self.stored and self.id is None:
@@ -240,7 +240,7 @@ D = TypeVar("D", bound=Document)
 def model(
     name: str, *, public: Iterable[str], channel: str | None = None
 ) -> Callable[[type[D]], type[D]]:
-    """Class decorator making a :class:`Document` subclass a live model.
+    """Class decorator making a `Document` subclass a live model.
 
     ``name`` gives the event types (``created_<name>``, ``updated_<name>``,
     ``deleted_<name>``); ``channel`` defaults to ``name + "s"`` (``users``), and each

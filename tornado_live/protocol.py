@@ -187,7 +187,7 @@ def _describe(value: Any) -> str:
 
 
 def check_channel(channel: Any, *, id: Id = None) -> str:
-    """Return ``channel`` if it is a valid channel name, else raise :class:`ProtocolError`."""
+    """Return ``channel`` if it is a valid channel name, else raise `ProtocolError`."""
     if not isinstance(channel, str) or len(channel) > CHANNEL_MAX or not CHANNEL.fullmatch(channel):
         got = _describe(channel) if channel is not None else "nothing"
         raise ProtocolError(
@@ -215,7 +215,7 @@ def check_type(type: Any) -> str:
 def encode_data(data: Any) -> bytes:
     """Encode an event's or a reply's payload as compact JSON.
 
-    Raises :class:`TypeError` or :class:`ValueError` (with the offending value named)
+    Raises `TypeError` or `ValueError` (with the offending value named)
     when ``data`` cannot be sent as JSON, so that publishers learn at once.
     """
     try:
@@ -225,7 +225,7 @@ def encode_data(data: Any) -> bytes:
 
 
 def parse(text: str | bytes) -> Frame:
-    """Parse one client frame. Raises :class:`ProtocolError` on any fault."""
+    """Parse one client frame. Raises `ProtocolError` on any fault."""
     try:
         value = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -330,7 +330,7 @@ def unsubscribed(channel: str, *, id: Id = None) -> bytes:
 def reply(data: Any, *, id: Id = None) -> bytes:
     """``{"type": "reply", "id": ..., "data": ...}``: an application message's answer.
 
-    Raises :class:`TypeError`/:class:`ValueError` if ``data`` is not JSON-serialisable.
+    Raises `TypeError`/`ValueError` if ``data`` is not JSON-serialisable.
     """
     head = b'{"type":"reply","id":' + _dumps(id) + b"," if id is not None else b'{"type":"reply",'
     return head + b'"data":' + encode_data(data) + b"}"

@@ -19,7 +19,7 @@ Fixtures:
 * ``io_loop``: pytest-tornado's loop without Tornado's deprecated ``make_current``, so
   that a run with warnings as errors stays clean.
 * ``live_connect``: ``await live_connect(path, **options)`` opens a
-  :class:`~tornado_live.client.Client` to the test server; every client it opened is
+  `Client` to the test server; every client it opened is
   closed after the test.
 """
 

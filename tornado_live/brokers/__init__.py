@@ -92,9 +92,9 @@ def from_url(url: str) -> Broker:
     """Make a broker from a URL.
 
     ``memory://`` (optionally ``memory://?history=1000&ttl=300``) gives a
-    :class:`~tornado_live.brokers.memory.MemoryBroker` for one process.
+    `MemoryBroker` for one process.
     ``redis://host:6379/0`` (or ``rediss://`` for TLS) gives a
-    :class:`~tornado_live.brokers.redis.RedisBroker` shared by every process using the same
+    `RedisBroker` shared by every process using the same
     Redis; it takes the options ``history``, ``ttl``, ``retention``, ``prefix`` and
     ``timeout`` (``redis://localhost:6379/0?history=500&prefix=myapp``).
     """

@@ -16,7 +16,7 @@ and events are published on the pub/sub channel ``live:{users}``.
 
 Publishing
 ----------
-One Lua script (:data:`PUBLISH`) does everything atomically, so offsets are consecutive
+One Lua script (`PUBLISH`) does everything atomically, so offsets are consecutive
 and identical in every process, and an event is never published without being stored:
 
 1. The epoch and offset keys must both exist. If either is missing (a new channel, or
@@ -37,7 +37,7 @@ and identical in every process, and an event is never published without being st
 
 Reading history
 ---------------
-A second script (:data:`HISTORY`) reads the epoch, the offset and, given ``since``, the
+A second script (`HISTORY`) reads the epoch, the offset and, given ``since``, the
 stream from ``since + 1`` in one atomic step. Recovery is claimed only when the epoch
 matches, ``since`` is not in the future, and every missed event is in the stream and
 younger than ``ttl``.
@@ -45,8 +45,8 @@ younger than ``ttl``.
 Delivery
 --------
 Each broker holds one pub/sub connection and one reader task, which decodes every message
-once into an :class:`~tornado_live.protocol.Event` and calls the channel's callbacks in
-order. :meth:`RedisBroker.subscribe` returns once Redis has confirmed the subscription
+once into an `Event` and calls the channel's callbacks in
+order. `RedisBroker.subscribe` returns once Redis has confirmed the subscription
 and the broker knows the channel's position, so every event published afterwards is
 delivered.
 
@@ -64,9 +64,9 @@ hub) must then tell them to refetch.
 Failures
 --------
 No call waits on Redis longer than ``timeout`` per step (connecting, a reply, a
-subscription's confirmation): :meth:`~RedisBroker.publish` raises
-:class:`~tornado_live.brokers.PublishError`, :meth:`~RedisBroker.subscribe` and
-:meth:`~RedisBroker.history` raise :class:`ConnectionError`, each naming the Redis and the
+subscription's confirmation): `publish` raises
+`PublishError`, `subscribe` and
+`history` raise `ConnectionError`, each naming the Redis and the
 cause. A failed publish was not sent, except in the one case no networked broker can
 exclude, which its message then states: Redis took the script but did not answer in time
 (it was frozen or overloaded), and may still run it. Scripts are never retried, so an event
@@ -183,8 +183,8 @@ class RedisBroker:
     lost for good, every subscription's ``gap`` callback is told (see the module
     documentation).
 
-    :meth:`publish` raises :class:`~tornado_live.brokers.PublishError` when Redis is
-    unreachable; :meth:`subscribe` and :meth:`history` raise :class:`ConnectionError`.
+    `publish` raises `PublishError` when Redis is
+    unreachable; `subscribe` and `history` raise `ConnectionError`.
     """
 
     HISTORY = 1000
