@@ -1,13 +1,18 @@
 """live.js, the browser client, in a real headless Chromium against the demo.
 
 * Two pages stay in step (REST and the page's own form), over WebSockets and, with
-  WebSockets blocked, over the Server-Sent Events fallback; ``send`` works over both.
+  WebSockets blocked, over the Server-Sent Events fallback (one ``EventSource`` per
+  channel); ``request`` and ``send`` work over both.
 * The server is stopped and started again while the pages stay open: what changed
   meanwhile (in MongoDB directly, then through REST) shows, nothing missing or doubled.
-* Over SSE, a stream cut by a proxy recovers through the browser's ``Last-Event-ID``.
+* Over SSE, a stream cut by a proxy recovers through the browser's own reconnect, which
+  says ``Last-Event-ID: <epoch>:<offset>`` to a URL with no ``since`` or ``epoch``.
+* An app with ``xsrf_cookies=True``, WebSockets blocked: ``request`` gets its reply over a
+  ``POST`` that carries no token, and events arrive over SSE.
 * The talk's plain ``new WebSocket()`` code, without live.js, still gets ``updated_user``.
-* live.js's own logic (backoff, offsets, resubscription, fallback, holding events during a
-  refetch, ``send``) against fake transports, in ``tests/js/unit.js``.
+* live.js's own logic (backoff, offsets, position, resubscription, one stream per channel,
+  fallback, holding events during a refetch, ``request`` and ``send``) against fake
+  transports, in ``tests/js/unit.js``.
 """
 
 from __future__ import annotations
@@ -18,16 +23,24 @@ import json
 import re
 import socket
 import threading
+import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tornado.httpserver
+import tornado.netutil
 from bson import ObjectId
 from conftest import Demo, rest, start_demo
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, Request, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from pymongo import MongoClient
+
+from example_app.app import make_app
+from example_app.store import MemoryCollection
+from example_app.users import User
+from tornado_live import Hub
 
 HERE = Path(__file__).parent
 
@@ -52,17 +65,23 @@ window.WebSocket = class BlockedWebSocket extends EventTarget {
 };
 """
 
-#: Keeps every message any EventSource of the page receives, with its URL and lastEventId.
+#: Keeps every EventSource the page makes (window.sources), and every message any of them
+#: receives, with its URL and lastEventId (window.streamed).
 RECORD_STREAMS = """
 window.streamed = [];
+window.sources = [];
 window.EventSource = class RecordedEventSource extends window.EventSource {
   constructor(url, init) {
     super(url, init);
+    window.sources.push(this);
     this.addEventListener("message", (message) => window.streamed.push(
       {url: String(url), id: message.lastEventId, frame: JSON.parse(message.data)}));
   }
 };
 """
+
+#: The URL and readyState (0 connecting, 1 open, 2 closed) of every EventSource made.
+SOURCES = "window.sources.map((source) => [source.url, source.readyState])"
 
 #: Keeps every event the page's live.js delivers for "users" (after the page's own handler).
 RECORD_EVENTS = """
@@ -117,6 +136,15 @@ def open_page(
     return page
 
 
+def expect_warning(page: Page, warned: list[str], text: str, timeout: float = 2000) -> None:
+    """A console message containing ``text`` is in ``warned`` within ``timeout`` ms."""
+    deadline = timeout
+    while not any(text in line for line in warned) and deadline > 0:
+        page.wait_for_timeout(20)
+        deadline -= 20
+    assert any(text in line for line in warned), warned
+
+
 def names(page: Page) -> list[str]:
     return sorted(page.locator("li .name").all_text_contents())
 
@@ -161,7 +189,7 @@ def lives(events: list[dict[str, Any]]) -> list[list[int]]:
 
 @pytest.mark.parametrize("transport", ["websocket", "sse"])
 def test_two_pages_stay_in_step(browser: Browser, demo: Demo, transport: str) -> None:
-    scripts = (BLOCK_WEBSOCKETS,) if transport == "sse" else ()
+    scripts = (BLOCK_WEBSOCKETS, RECORD_STREAMS) if transport == "sse" else ()
     url = demo.url
     asked: tuple[list[str], list[str]] = ([], [])
     first = open_page(browser, url, scripts=scripts, requests=asked[0])
@@ -206,15 +234,30 @@ def test_two_pages_stay_in_step(browser: Browser, demo: Demo, transport: str) ->
     assert settle(first, refused) == "invalid_channel"
     expect(first.locator("#state")).to_have_text("live")
 
-    # send(): a reply, and an error frame as a LiveError with its code.
-    assert settle(first, 'live.send("email_taken", "grace@example.com")') is True
-    assert settle(second, 'live.send("email_taken", "ada@example.com")') is False
-    code = settle(first, 'live.send("no_such", 1).then(() => "resolved", (error) => error.code)')
+    # request(): a reply, and an error frame as a LiveError with its code.
+    assert settle(first, 'live.request("email_taken", "grace@example.com")') is True
+    assert settle(second, 'live.request("email_taken", "ada@example.com")') is False
+    code = settle(first, 'live.request("no_such", 1).then(() => "resolved", (e) => e.code)')
     assert code == "unknown_type"
+    # send(): nothing to wait for; the server's error for it goes to onError (the demo sets
+    # none, so live.js warns on the console).
+    warned: list[str] = []
+    first.on("console", lambda message: warned.append(message.text))
+    sent = '[live.send("email_taken", "ada@example.com"), live.send("no_such", 1)]'
+    assert first.evaluate(sent) == [None, None]
+    expect_warning(first, warned, 'unknown message type "no_such"')
     # The page's own use of it: a hint while typing a taken address.
     second.fill("input[name=email]", "grace@example.com")
     second.fill("input[name=password]", "x")  # leaving the field fires "change"
     expect(second.locator("#hint")).to_have_text("already taken", timeout=1000)
+
+    if transport == "sse":
+        # One EventSource per channel the page subscribed to, for the whole test.
+        assert first.evaluate(SOURCES) == [
+            [f"{url}/live?channel=users", 1],
+            [f"{url}/live?channel=users%2F", 2],  # refused: closed, not retried
+        ]
+        assert second.evaluate(SOURCES) == [[f"{url}/live?channel=users", 1]]
 
     for page, requests in zip((first, second), asked, strict=True):
         # Every event once, in order; no polling: the list was fetched once, on load.
@@ -443,31 +486,155 @@ def test_sse_recovers_a_dropped_stream_with_last_event_id(
     rest(f"{demo.url}/users/{ada['id']}", "POST", {"name": "Ada King"})
     expect_names(page, ["Ada King", "Edsger"])
 
-    # The browser's own reconnect said where it was: Last-Event-ID 2, the last event seen.
+    # The browser's own reconnect said where it was: Last-Event-ID <epoch>:2, the position of
+    # the last event seen, to the same URL, which carries neither since nor epoch.
+    epoch = page.evaluate('live.position("users").epoch')
+    assert re.fullmatch(r"[0-9a-f]+-\d+", epoch), epoch
     streams = [head for head in proxy.requests() if head.startswith("GET /live?")]
-    resumed = [head for head in streams if re.search(r"^Last-Event-ID: 2\r$", head, re.M | re.I)]
-    assert resumed, streams
-    assert "channel=users" in resumed[0]
-    request_line = resumed[0].split("\r\n", 1)[0]
-    assert "epoch=" in request_line  # live.js handed over to a stream with the epoch...
-    assert "since=" not in request_line  # ...and no since, which the server would prefer
+    assert len(streams) >= 2, streams
+    for head in streams:
+        assert head.startswith("GET /live?channel=users HTTP/1.1\r\n"), head
+    last_ids = [re.findall(r"^Last-Event-ID: ([^\r]*)\r$", head, re.M | re.I) for head in streams]
+    assert last_ids[0] == [], streams  # the first stream, on load
+    assert all(ids == [f"{epoch}:2"] for ids in last_ids[1:]), streams
+    # One EventSource for the channel, for the whole test: the browser reconnected it.
+    assert page.evaluate(SOURCES) == [[f"{proxy.url}/live?channel=users", 1]]
 
     # Every event arrived once on the wire, so the server resumed from Last-Event-ID, and the
     # page delivered offsets 1..6 in order without asking for the list again.
     streamed: list[dict[str, Any]] = page.evaluate("window.streamed")
     events = [item for item in streamed if item["frame"]["type"] != "subscribed"]
     assert [item["frame"]["offset"] for item in events] == [1, 2, 3, 4, 5, 6], streamed
-    assert all(item["id"] == str(item["frame"]["offset"]) for item in events)
+    # Each message's id is its position, <epoch>:<offset> (subscribed frames' too).
+    assert all(item["id"] == f"{epoch}:{item['frame']['offset']}" for item in streamed), streamed
     assert [event["offset"] for event in delivered(page)] == [1, 2, 3, 4, 5, 6]
     # The reconnect's "subscribed" said recovered: true.
     recovered = [item["frame"]["recovered"] for item in streamed if "recovered" in item["frame"]]
     assert recovered == [True], streamed
     assert len(fetches(requests)) == 1, requests  # onRefetch: on load only
+    assert page.evaluate('live.position("users")') == {"epoch": epoch, "offset": 6}
 
-    # Over SSE, send() is a POST to the same URL.
-    assert settle(page, 'live.send("email_taken", "edsger@example.com")') is True
-    assert any(head.startswith("POST /live ") for head in proxy.requests())
+    # Over SSE, request() and send() are POSTs of JSON to the same URL.
+    assert settle(page, 'live.request("email_taken", "edsger@example.com")') is True
+    assert page.evaluate('live.send("email_taken", "ada@example.com")') is None
+    page.wait_for_function(
+        "performance.getEntriesByType('resource').filter((entry) => "
+        "entry.initiatorType === 'fetch' && entry.name.endsWith('/live')).length === 2",
+        timeout=2000,
+    )
+    posts = [head for head in proxy.requests() if head.startswith("POST /live ")]
+    assert len(posts) == 2, posts
+    for head in posts:
+        assert re.search(r"^Content-Type: application/json\r$", head, re.M | re.I), head
     page.close()
+
+
+# -- xsrf_cookies=True: every transport still works ----------------------------------------
+
+
+class Served:
+    """The demo app with extra application settings, served by this process.
+
+    It runs in a thread with an event loop of its own (Playwright's sync API holds the
+    test's thread), over an in-memory store and broker, on a free port of 127.0.0.1.
+    """
+
+    def __init__(self, **settings: Any) -> None:
+        self.settings = settings
+        self.url = ""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="served", daemon=True)
+        self._server: tornado.httpserver.HTTPServer | None = None
+        self._hub: Hub | None = None
+
+    def __enter__(self) -> Served:
+        self._thread.start()
+        self.url = self._run(self._start())
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            self._run(self._stop())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            self._loop.close()
+
+    def _run(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result(timeout=10)
+
+    async def _start(self) -> str:
+        self._hub = Hub()
+        User.bind(MemoryCollection(), self._hub)
+        sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+        self._server = tornado.httpserver.HTTPServer(make_app(self._hub, **self.settings))
+        self._server.add_sockets(sockets)
+        port: int = sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}"
+
+    async def _stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            await self._server.close_all_connections()
+        if self._hub is not None:
+            await self._hub.close()
+
+
+def test_xsrf_cookies_work_on_every_transport(browser: Browser) -> None:
+    with Served(xsrf_cookies=True) as served:
+        url = served.url
+        # The setting is on: a POST to the REST resource without the token is refused.
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            rest(url + "/users", "POST", user("Mallory"))
+        assert refused.value.code == 403
+        refused.value.close()
+
+        page = open_page(browser, url, scripts=(BLOCK_WEBSOCKETS, RECORD_STREAMS))
+        expect(page.locator("#transport")).to_have_text("over sse")
+        assert page.evaluate("window.blockedSockets") == 2
+        posts: list[Request] = []
+        page.on(
+            "request", lambda request: posts.append(request) if request.method == "POST" else None
+        )
+        warned: list[str] = []
+        page.on("console", lambda message: warned.append(message.text))
+
+        # The page's own form: a REST POST with X-XSRFToken (from the _xsrf cookie), and the
+        # event it caused arrives over the event stream. (Leaving the e-mail field asks
+        # email_taken: a first POST to /live.)
+        page.fill("input[name=name]", "Ada")
+        page.fill("input[name=email]", "ada@example.com")
+        page.fill("input[name=password]", "analytical")
+        page.click("text=Add user")
+        expect_names(page, ["Ada"], timeout=2000)
+        streamed: list[dict[str, Any]] = page.evaluate("window.streamed")
+        assert [item["frame"]["type"] for item in streamed] == ["subscribed", "created_user"]
+        assert [event["offset"] for event in delivered(page)] == [1]
+
+        # request() and send() are POSTs to /live with no token at all, and get answered.
+        assert settle(page, 'live.request("email_taken", "ada@example.com")') is True
+        assert settle(page, 'live.request("email_taken", "bob@example.com")') is False
+        assert page.evaluate('live.send("email_taken", "ada@example.com")') is None
+        page.wait_for_function(
+            "performance.getEntriesByType('resource').filter((entry) => "
+            "entry.initiatorType === 'fetch' && entry.name.endsWith('/live')).length === 4",
+            timeout=2000,
+        )
+        to_live = [request for request in posts if request.url == url + "/live"]
+        to_rest = [request for request in posts if request.url == url + "/users"]
+        assert len(to_live) == 4, [request.url for request in posts]
+        assert len(to_rest) == 1, [request.url for request in posts]
+        assert "x-xsrftoken" in to_rest[0].headers
+        for request in to_live:
+            assert request.headers["content-type"] == "application/json"
+            assert "x-xsrftoken" not in request.headers
+            assert "_xsrf" not in (request.post_data or "")
+            response = request.response()
+            assert response is not None
+            assert response.status == 200
+            assert response.json()["type"] == "reply"
+        assert not [line for line in warned if "live.js" in line], warned
+        page.close()
 
 
 # -- the talk's plain WebSocket code, no live.js --------------------------------------------
@@ -511,5 +678,5 @@ def test_live_js_logic(browser: Browser, demo: Demo) -> None:
     results: dict[str, Any] = page.evaluate("window.results")
     failures = [f"{name}: {outcome}" for name, outcome in results.items() if outcome != "ok"]
     assert not failures, "\n".join(failures)
-    assert len(results) >= 8, json.dumps(results)
+    assert len(results) >= 14, json.dumps(results)
     page.close()

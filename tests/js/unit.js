@@ -346,7 +346,7 @@ await check("a refused channel goes to onError; the client is live anyway", asyn
   live.close();
 });
 
-await check("send over a WebSocket: replies by id, errors, timeout, disconnect", async () => {
+await check("request over a WebSocket: replies by id, errors, timeout, disconnect", async () => {
   const Socket = fakeSockets();
   const live = connect("ws://example.test/live", {
     WebSocket: Socket,
@@ -354,47 +354,131 @@ await check("send over a WebSocket: replies by id, errors, timeout, disconnect",
     timeout: 100,
     backoff: [1, 1],
   });
-  const early = live.send("echo", "hi"); // before the socket is open: waits for it
+  const early = live.request("echo", "hi"); // before the socket is open: waits for it
   await until(() => Socket.instances.length === 1, "a socket");
   const socket = Socket.instances[0];
   socket.open();
   equal(
-    socket.sent.map((frame) => [frame.type, frame.data]),
-    [["echo", "hi"]],
-    "sent on open",
+    socket.sent.map((frame) => [frame.type, frame.data, typeof frame.id]),
+    [["echo", "hi", "number"]],
+    "sent on open, with an id",
   );
-  const second = live.send("echo", {n: 2});
+  const second = live.request("echo", {n: 2});
   socket.push({type: "reply", id: socket.sent[1].id, data: "two"});
   socket.push({type: "reply", id: socket.sent[0].id, data: "one"});
   equal([await early, await second], ["one", "two"], "matched by id");
-  const refused = live.send("nope");
+  const refused = live.request("nope");
   socket.push({type: "error", code: "unknown_type", message: "no", id: socket.sent[2].id});
   const error = await refused.catch((error) => error);
   equal([error instanceof LiveError, error.code], [true, "unknown_type"], "error frame");
-  const late = await live.send("slow").catch((error) => error.code);
+  const late = await live.request("slow").catch((error) => error.code);
   equal(late, "timeout", "no reply");
-  const cut = live.send("cut");
+  const cut = live.request("cut");
   socket.drop();
   equal(await cut.catch((error) => error.code), "disconnected", "dropped before the reply");
+  const typed = await live.request(7).catch((error) => error instanceof TypeError);
+  equal(typed, true, "a type that is not a string: a rejected Promise");
   live.close();
-  equal(await live.send("after").catch((error) => error.code), "closed", "after close()");
+  equal(await live.request("after").catch((error) => error.code), "closed", "after close()");
 });
 
-await check("fallback to SSE: hand over to an epoch-only stream, reconnects, POST", async () => {
+await check("send over a WebSocket: a frame without id, nothing waits", async () => {
+  const Socket = fakeSockets();
+  const errors = [];
+  const live = connect("ws://example.test/live", {
+    WebSocket: Socket,
+    EventSource: null,
+    timeout: 50,
+    backoff: [1, 1],
+    onError: (error) => errors.push(error.code),
+  });
+  equal(live.send("typing", 1), undefined, "returns nothing, before the socket is open");
+  await until(() => Socket.instances.length === 1, "a socket");
+  const socket = Socket.instances[0];
+  socket.open();
+  equal(socket.sent, [{type: "typing", data: 1}], "queued, then sent on open, without id");
+  equal(live.send("typing", 2), undefined, "returns nothing");
+  equal(socket.sent[1], {type: "typing", data: 2}, "sent at once");
+  const echoed = live.request("echo", 3); // a request in between still gets its own reply
+  socket.push({type: "error", code: "unknown_type", message: "no"}); // a send's: no id
+  equal(errors, ["unknown_type"], "the server's error for a send goes to onError");
+  socket.push({type: "reply", data: "for nobody"}); // a reply without id: ignored
+  socket.push({type: "reply", id: socket.sent[2].id, data: 3});
+  equal(await echoed, 3, "the request's reply");
+  for (const bad of [() => live.send(42), () => live.send("big", 1n)]) {
+    let thrown = null;
+    try {
+      bad();
+    } catch (error) {
+      thrown = error;
+    }
+    equal(thrown instanceof TypeError, true, "a bad type or data throws at once");
+  }
+  socket.drop();
+  live.send("late"); // no transport: it waits, at most options.timeout
+  await pause(80);
+  equal(errors, ["unknown_type", "timeout"], "given up after the timeout, and said so");
+  await until(() => Socket.instances.length === 2, "a second socket");
+  Socket.instances[1].open();
+  equal(Socket.instances[1].sent, [], "a send given up on is never sent late");
+  live.close();
+  live.send("after");
+  equal(errors, ["unknown_type", "timeout", "closed"], "after close()");
+});
+
+await check("position never moves backwards within an epoch", async () => {
+  const {live, Socket, socket, seen} = await opened();
+  equal(live.position("users"), null, "before subscribed");
+  const {id} = socket.sent[0];
+  socket.push({type: "subscribed", channel: "users", offset: 5, epoch: "e1", id});
+  for (const offset of [6, 7, 6]) {
+    socket.push({type: "updated_user", channel: "users", offset, data: {}});
+  }
+  equal(live.position("users"), {epoch: "e1", offset: 7}, "the last offset seen");
+  socket.drop();
+  await until(() => Socket.instances.length === 2, "a second socket");
+  const second = Socket.instances[1];
+  second.open();
+  // A subscribed behind what was seen, in the same epoch (a lagging server): kept at 7.
+  second.push({
+    type: "subscribed",
+    channel: "users",
+    offset: 6,
+    epoch: "e1",
+    recovered: false,
+    id: second.sent[0].id,
+  });
+  equal(live.position("users"), {epoch: "e1", offset: 7}, "not back to 6");
+  second.push({type: "updated_user", channel: "users", offset: 7, data: {}});
+  second.push({type: "updated_user", channel: "users", offset: 8, data: {}});
+  await pause(0);
+  equal(seen.events, [6, 7, 8], "7 not delivered twice");
+  second.drop();
+  await until(() => Socket.instances.length === 3, "a third socket");
+  const third = Socket.instances[2];
+  third.open();
+  third.push({
+    type: "subscribed",
+    channel: "users",
+    offset: 2,
+    epoch: "e2",
+    recovered: false,
+    id: third.sent[0].id,
+  });
+  equal(live.position("users"), {epoch: "e2", offset: 2}, "a new epoch starts it again");
+  live.position("users").offset = 99;
+  equal(live.position("users").offset, 2, "position() is a copy");
+  live.close();
+});
+
+await check("fallback to SSE: one EventSource per channel, the browser reconnects it", async () => {
   const Socket = fakeSockets({fail: true});
   const Source = fakeSources();
-  const posts = [];
-  const fetch = async (url, init) => {
-    posts.push([url, init.method, JSON.parse(init.body)]);
-    const frame = JSON.parse(init.body);
-    return {status: 200, json: async () => ({type: "reply", id: frame.id, data: frame.data * 2})};
-  };
   const events = [];
   let refetches = 0;
   const live = connect("http://example.test/live", {
     WebSocket: Socket,
     EventSource: Source,
-    fetch,
     backoff: [1, 2],
   });
   live.subscribe("users", (event) => events.push(event.offset), {
@@ -409,63 +493,122 @@ await check("fallback to SSE: hand over to an epoch-only stream, reconnects, POS
   equal(
     [a.url.split("?")[0], query(a.url)],
     ["http://example.test/live", {channel: "users"}],
-    "first URL",
+    "no position yet: the channel only",
   );
-  a.push({type: "subscribed", channel: "users", offset: 3, epoch: "e"}, "3");
+  a.push({type: "subscribed", channel: "users", offset: 3, epoch: "e"}, "e:3");
   equal(live.state, "live", "live");
-  equal(Source.instances.length, 2, "a second stream");
+  a.push({type: "created_user", channel: "users", offset: 4, data: {}}, "e:4");
+  a.push({type: "created_user", channel: "users", offset: 5, data: {}}, "e:5");
+  await pause(5);
+  equal([Source.instances.length, a.readyState], [1, 1], "no second stream for the epoch");
+  equal(events, [4, 5], "events");
+
+  a.error(0); // the browser reconnects by itself, with Last-Event-ID: e:5
+  equal([live.state, Source.instances.length], ["reconnecting", 1], "left to the browser");
+  a.push({type: "created_user", channel: "users", offset: 5, data: {}}, "e:5"); // a repeat
+  a.push({type: "created_user", channel: "users", offset: 6, data: {}}, "e:6");
+  a.push({type: "subscribed", channel: "users", offset: 6, epoch: "e", recovered: true}, "e:6");
+  await pause(5);
+  equal([live.state, Source.instances.length], ["live", 1], "live again, the same stream");
+  equal([events, refetches], [[4, 5, 6], 1], "recovered: once each, no refetch");
+  equal(live.position("users"), {epoch: "e", offset: 6}, "position");
+
+  a.error(2); // the browser gave up (an HTTP error): the client creates the stream again
+  equal(a.readyState, 2, "the old one is closed");
+  await until(() => Source.instances.length === 2, "a re-created stream");
   const b = Source.instances[1];
-  equal(query(b.url), {channel: "users", epoch: "e"}, "with the epoch, without since");
-  b.push({type: "subscribed", channel: "users", offset: 5, epoch: "e"}, "5");
-  b.push({type: "created_user", channel: "users", offset: 6, data: {}}, "6");
-  equal(a.readyState, 1, "the first stream stays until it delivered 4 and 5");
-  a.push({type: "created_user", channel: "users", offset: 4, data: {}}, "4");
-  equal(a.readyState, 1, "still");
-  a.push({type: "created_user", channel: "users", offset: 5, data: {}}, "5");
-  equal(a.readyState, 2, "then it is closed");
+  equal(query(b.url), {channel: "users", since: "6", epoch: "e"}, "since and epoch in its URL");
+  b.push({type: "created_user", channel: "users", offset: 7, data: {}}, "e:7");
+  b.push({type: "subscribed", channel: "users", offset: 7, epoch: "e", recovered: true}, "e:7");
+  await pause(5);
+  equal([live.state, Source.instances.length, events], ["live", 2, [4, 5, 6, 7]], "recovered");
+
+  b.error(0); // the server restarted meanwhile: its history is new
+  b.push({type: "subscribed", channel: "users", offset: 1, epoch: "f", recovered: false}, "f:1");
   await pause(0);
-  equal(events, [4, 5, 6], "every event once, in order, across the two streams");
-
-  b.error(0); // the browser reconnects by itself (Last-Event-ID: 6)
-  equal([live.state, Source.instances.length], ["reconnecting", 2], "left to the browser");
-  b.push({type: "created_user", channel: "users", offset: 7, data: {}}, "7");
-  b.push({type: "subscribed", channel: "users", offset: 7, epoch: "e", recovered: true}, "7");
-  equal([live.state, Source.instances.length], ["live", 2], "live again, same stream");
-
-  b.error(2); // the browser gave up (an HTTP error): the client reopens it, then hands over
-  await until(() => Source.instances.length === 3, "a reopened stream");
+  equal([refetches, live.position("users")], [2, {epoch: "f", offset: 1}], "refetch, new epoch");
+  b.error(0);
+  b.push({type: "subscribed", channel: "users", offset: 3, epoch: "f"}, "f:3"); // no Last-Event-ID
+  b.push({type: "created_user", channel: "users", offset: 4, data: {}}, "f:4");
+  await pause(0);
+  equal([events, refetches], [[4, 5, 6, 7, 4], 3], "refetched after 2-3 were lost");
+  b.error(2);
+  await until(() => Source.instances.length === 3, "a stream created again");
   const c = Source.instances[2];
-  equal(query(c.url), {channel: "users", since: "7", epoch: "e"}, "recovering from 7");
-  c.push({type: "subscribed", channel: "users", offset: 7, epoch: "e", recovered: true}, "7");
+  equal(query(c.url), {channel: "users", since: "4", epoch: "f"}, "the URL follows the epoch");
+  c.push({type: "subscribed", channel: "users", offset: 4, epoch: "f", recovered: true}, "f:4");
+
+  const leave = live.subscribe("users/1"); // a second channel: a stream of its own
+  equal(Source.instances.length, 4, "one more stream");
   const d = Source.instances[3];
-  equal(query(d.url), {channel: "users", epoch: "e"}, "handed over again");
-  d.push({type: "subscribed", channel: "users", offset: 7, epoch: "e"}, "7");
-  equal([c.readyState, d.readyState], [2, 1], "at once: nothing to wait for");
-
-  d.error(0); // the server restarted: its history is new
-  d.push({type: "subscribed", channel: "users", offset: 1, epoch: "f", recovered: false}, "1");
-  const f = Source.instances[4];
-  equal(query(f.url), {channel: "users", epoch: "f"}, "the URL's epoch follows the server's");
-  f.push({type: "subscribed", channel: "users", offset: 1, epoch: "f"}, "1");
-  f.error(0);
-  f.push({type: "subscribed", channel: "users", offset: 3, epoch: "f"}, "3"); // no Last-Event-ID
-  f.push({type: "created_user", channel: "users", offset: 4, data: {}}, "4");
-  await pause(0);
-  equal(
-    [events, refetches],
-    [[4, 5, 6, 7, 4], 3],
-    "refetched on load, after the reset, after 2-3 were lost",
-  );
-  equal(Source.instances.length, 5, "no other stream");
-
-  equal(await live.send("double", 21), 42, "send() over SSE");
-  equal(
-    posts,
-    [["http://example.test/live", "POST", {type: "double", id: posts[0][2].id, data: 21}]],
-    "a POST",
-  );
+  equal(query(d.url), {channel: "users/1"}, "its URL");
+  d.push({type: "subscribed", channel: "users/1", offset: 0, epoch: "f"}, "f:0");
+  await pause(5);
+  const open = Source.instances.filter((source) => source.readyState !== 2);
+  equal([open.length, live.state], [2, "live"], "one open EventSource per channel");
+  leave();
+  equal(d.readyState, 2, "leaving a channel closes its stream");
   live.close();
-  equal(f.readyState, 2, "close() closes the streams");
+  equal(c.readyState, 2, "close() closes the streams");
+});
+
+await check("request and send over SSE: JSON POSTs; send waits for nothing", async () => {
+  const Source = fakeSources();
+  const calls = [];
+  const fetch = (url, init) =>
+    new Promise((resolve, reject) => {
+      calls.push({url, init, frame: JSON.parse(init.body), resolve, reject});
+    });
+  const answer = (status, frame) => ({status, json: async () => frame});
+  const errors = [];
+  const live = connect("http://example.test/live", {
+    WebSocket: undefined,
+    EventSource: Source,
+    fetch,
+    backoff: [1, 2],
+    onError: (error) => errors.push(error.code),
+  });
+  live.subscribe("users");
+  await until(() => Source.instances.length === 1, "an event stream");
+  Source.instances[0].push({type: "subscribed", channel: "users", offset: 0, epoch: "e"}, "e:0");
+  equal(live.state, "live", "live");
+
+  equal(live.send("typing", {n: 1}), undefined, "send() returns nothing");
+  equal(calls.length, 1, "and POSTs at once");
+  const typing = calls[0];
+  equal(
+    [typing.url, typing.init.method, typing.init.headers["Content-Type"], typing.frame],
+    ["http://example.test/live", "POST", "application/json", {type: "typing", data: {n: 1}}],
+    "the frame, without id, as JSON",
+  );
+  const doubled = live.request("double", 21);
+  const double = calls[1];
+  equal(
+    [double.init.headers["Content-Type"], double.frame.type, double.frame.data],
+    ["application/json", "double", 21],
+    "request() POSTs its frame",
+  );
+  equal(typeof double.frame.id, "number", "with an id");
+  double.resolve(answer(200, {type: "reply", id: double.frame.id, data: 42}));
+  equal(await doubled, 42, "resolves with the reply's data");
+  typing.resolve(answer(200, {type: "reply", data: null})); // nobody waits for it
+
+  const refused = live.request("nope");
+  calls[2].resolve(answer(404, {type: "error", code: "unknown_type", message: "no"}));
+  const error = await refused.catch((error) => error);
+  equal([error instanceof LiveError, error.code], [true, "unknown_type"], "rejects: error frame");
+  const lost = live.request("lost");
+  calls[3].reject(new TypeError("Failed to fetch"));
+  equal(await lost.catch((error) => error.code), "network_error", "rejects: network error");
+
+  live.send("nope");
+  calls[4].resolve(answer(404, {type: "error", code: "unknown_type", message: "no"}));
+  await until(() => errors.length === 1, "onError");
+  live.send("lost");
+  calls[5].reject(new TypeError("Failed to fetch"));
+  await until(() => errors.length === 2, "onError again");
+  equal(errors, ["unknown_type", "network_error"], "a send's failures go to onError");
+  live.close();
 });
 
 await check("no WebSocket constructor: SSE at once", async () => {

@@ -8,7 +8,8 @@
  *     const live = connect("/live", {onState: (state) => show(state)});
  *     const stop = live.subscribe("users", (event) => apply(event), {onRefetch: loadUsers});
  *     live.on("updated_user", (event) => console.log(event.data.name));
- *     const answer = await live.send("email_taken", "ada@example.com");
+ *     const taken = await live.request("email_taken", "ada@example.com");   // the reply's data
+ *     live.send("typing", {field: "email"});                                // no reply awaited
  *
  * connect(url, options) -> Live
  *   url: where the server routes its LiveMixin handler: relative ("/live") or absolute,
@@ -16,15 +17,18 @@
  *   same route (http/https, for the Server-Sent Events fallback) are both derived from it.
  *   options (all optional):
  *     onState(state, live)  called on every change of live.state (see below).
- *     onError(error, live)  called with a LiveError for problems tied to no call: an error
- *                           frame without id, an onRefetch that failed, an unreadable frame.
+ *     onError(error, live)  called with a LiveError for problems tied to no Promise: an error
+ *                           frame without id (the server's answer to a failed send()), a
+ *                           send() that could not go out, an onRefetch that failed, an
+ *                           unreadable frame. Default: console.warn.
  *     backoff: [firstMs, maxMs]   reconnect delays, default [500, 10000]: before attempt n
  *                           (0, 1, 2, ...) it waits min(maxMs, firstMs * 2**n) times a random
  *                           factor in [0.5, 1) (jitter, so that a restarted server is not hit
  *                           by every page at the same instant). n is back to 0 once live.
  *     transports            ["websocket", "sse"] (default): the order in which they are tried.
  *                           ["sse"] uses Server-Sent Events only; ["websocket"] never falls back.
- *     timeout               milliseconds send() waits for a reply, default 10000.
+ *     timeout               milliseconds request() waits for a reply, and send() for a
+ *                           transport to send on, default 10000.
  *     WebSocket, EventSource, fetch   the implementations to use (default: the globals).
  *
  * live.subscribe(channel, handler?, {onRefetch?, onError?}) -> unsubscribe()
@@ -57,19 +61,31 @@
  *   event published to two subscribed channels (users and users/<id>) comes once per channel.
  *   Subscription handlers run first; both are held back while an onRefetch is pending.
  *
- * live.send(type, data?) -> Promise of the reply's data
- *   An application message, answered by the handler's on_<type> method. Over a WebSocket it
- *   is a frame with an id, matched with its reply frame; over SSE it is a POST of the same
- *   frame to the HTTP URL. It rejects with a LiveError whose .code is the error frame's code
- *   ("unknown_type", "internal_error", or the application's own), or "timeout" (no reply
- *   within options.timeout), "disconnected" (the WebSocket closed after the message was sent:
- *   it may or may not have been handled, so it is not sent again), "network_error",
- *   "bad_response" (not a reply frame), or "closed" (live.close() was called). A message sent
- *   while no transport is up waits for the next one (within the timeout).
+ * live.request(type, data?) -> Promise of the reply's data
+ *   An application message, answered by the handler's method declared for that type with
+ *   @message. Over a WebSocket it is a frame with an id, matched with its reply frame; over
+ *   SSE it is a POST of the same frame to the HTTP URL (Content-Type: application/json). It
+ *   rejects with a LiveError whose .code is the error frame's code ("unknown_type",
+ *   "internal_error", or the application's own), or "timeout" (no reply within
+ *   options.timeout), "disconnected" (the WebSocket closed after the message was sent: it may
+ *   or may not have been handled, so it is not sent again), "network_error", "bad_response"
+ *   (not a reply frame), or "closed" (live.close() was called); with a TypeError if type is
+ *   not a string or data cannot be put in JSON. A request made while no transport is up
+ *   waits for the next one (within the timeout).
+ *
+ * live.send(type, data?) -> undefined
+ *   The same message without waiting for an answer: over a WebSocket a frame with no id,
+ *   over SSE a POST whose reply is ignored. What goes wrong goes to options.onError: the
+ *   server's error frame (over a WebSocket an error without id, over SSE the POST's answer),
+ *   a POST that failed ("network_error", "bad_response"), a message that found no transport
+ *   within options.timeout ("timeout": it is dropped then, never sent late), or a send after
+ *   live.close() ("closed"). A message sent while no transport is up waits for the next one.
+ *   Throws a TypeError if type is not a string or data cannot be put in JSON.
  *
  * live.position(channel) -> {epoch, offset} | null
  *   Where the client is in a subscribed channel: the epoch of the server's last "subscribed"
- *   and the last offset seen (null before the first "subscribed").
+ *   and the last offset seen (null before the first "subscribed"). Within an epoch it never
+ *   moves backwards; a new epoch (the server's history started over) starts it again.
  *
  * live.state: "connecting" | "live" | "reconnecting" | "closed"
  *   "connecting" until the client is live for the first time (including failed first
@@ -77,7 +93,8 @@
  *   refused) by the server; "reconnecting" after it was live and lost the connection (or an
  *   event stream), until it is live again; "closed" after live.close(), for good.
  * live.transport: "websocket" | "sse" | null: the transport in use or being tried.
- * live.close(): closes the connection, stops reconnecting, rejects pending sends ("closed").
+ * live.close(): closes the connection, stops reconnecting, rejects pending requests
+ *   ("closed") and drops the sends still waiting for a transport.
  *
  * Also exported: Live (the class connect() instantiates), LiveError (an Error with .code and,
  * for an error frame, .frame), backoffDelay(attempt, [firstMs, maxMs], random) (the delay
@@ -86,23 +103,22 @@
  * Reconnects and fallback. After a lost connection the client reconnects with the backoff
  * (at once when the browser fires "online"). The WebSocket is tried first. If it cannot be
  * opened (it errors or closes before "open") twice in a row, or the WebSocket constructor is
- * missing, the client uses Server-Sent Events: one EventSource per subscribed channel, at
- * <HTTP URL>?channel=<c>.
- * The first stream's "subscribed" gives the channel's epoch; the client then opens a second
- * stream at <HTTP URL>?channel=<c>&epoch=<epoch> (no since) and closes the first once it has
- * delivered every event up to the second's "subscribed", so nothing falls between them. The
- * browser's own reconnects of that stream send Last-Event-ID (the last offset received), and
- * with the epoch in the URL the server recovers from it; a since in the URL would be stale by
- * then, and the server would prefer it. While an EventSource reconnects by itself (readyState
- * CONNECTING) the client lets it; when it gives up (CLOSED: an HTTP error) the client reopens
- * it with &since=<offset>&epoch=<epoch>, with the backoff, then hands over to an epoch-only
- * stream again. A channel the server refuses (HTTP 4xx with an error frame) goes to onError
- * instead of being retried. If the event streams cannot be opened either (the server is
- * down, not only WebSockets blocked), the client goes back to trying the WebSocket, with the
- * backoff. Once a transport has worked, the client keeps it for the life of this Live
- * object: after a server restart a WebSocket page stays on WebSockets, and an SSE page does
- * not probe WebSockets again (reload the page to try again, for instance after moving to
- * another network).
+ * missing, the client uses Server-Sent Events: exactly one EventSource per subscribed
+ * channel, at <HTTP URL>?channel=<c>, plus &since=<offset>&epoch=<epoch> when the client
+ * already has a position in the channel; request() and send() become POSTs to the HTTP URL.
+ * The server gives every event and "subscribed" message the id <epoch>:<offset>, so when a
+ * stream drops, the browser's own reconnect sends Last-Event-ID: <epoch>:<offset> (the last
+ * one received), which the server prefers to the URL's since: it recovers from there, and the
+ * client lets it (readyState CONNECTING). The client never reads the id itself: offsets and
+ * epochs come from the JSON frames. When the browser gives up on a stream (CLOSED: an HTTP
+ * error, say a 502 during a deploy), the client creates a new EventSource for the channel,
+ * with the backoff, its URL carrying since and epoch. A channel the server refuses (HTTP 4xx
+ * with an error frame) goes to onError instead of being retried. If the event streams cannot
+ * be opened either (the server is down, not only WebSockets blocked), the client goes back
+ * to trying the WebSocket, with the backoff. Once a transport has worked, the client keeps
+ * it for the life of this Live object: after a server restart a WebSocket page stays on
+ * WebSockets, and an SSE page does not probe WebSockets again (reload the page to try again,
+ * for instance after moving to another network).
  */
 
 const BACKOFF = [500, 10000];
@@ -155,8 +171,8 @@ export class Live {
   #transports;
   #channels = new Map(); // name -> channel record
   #types = new Map(); // event type -> Set of handlers
-  #pending = new Map(); // id -> a send() waiting for its reply
-  #outbox = []; // sends waiting for a transport
+  #pending = new Map(); // id -> a request() waiting for its reply
+  #outbox = []; // requests and sends waiting for a transport
   #nextId = 1;
   #socket = null;
   #settled = null; // the transport that has worked, kept from then on
@@ -219,15 +235,10 @@ export class Live {
         holds: 0, // pending onRefetch promises
         queue: [], // events held back meanwhile
         requestId: null, // id of the subscribe frame in flight (WebSocket)
-        source: null, // its EventSource (SSE)
-        sourceUrl: null,
+        source: null, // its one EventSource (SSE)
         sourceSpoke: false, // it delivered a message
         sourceAttempt: 0,
-        sourceTimer: null,
-        next: null, // the EventSource taking over from it (see #handOver)
-        nextUrl: null,
-        nextStart: null, // the offset of next's "subscribed"
-        nextQueue: [], // what next delivered before taking over
+        sourceTimer: null, // set while waiting to re-create it (backoff)
       };
       record.subscriptions.add(subscription);
       this.#channels.set(channel, record);
@@ -257,16 +268,19 @@ export class Live {
     return () => handlers.delete(entry);
   }
 
-  send(type, data = null) {
-    if (typeof type !== "string") {
-      return Promise.reject(new TypeError("live.js: send(type, data) takes a string type"));
-    }
+  request(type, data = null) {
     if (this.state === "closed") {
       return Promise.reject(new LiveError("closed", "live.js: the connection was closed"));
     }
     const id = this.#nextId++;
+    let text;
+    try {
+      text = encode({type, id, data}, "request");
+    } catch (error) {
+      return Promise.reject(error);
+    }
     return new Promise((resolve, reject) => {
-      const request = {frame: {type, id, data}, resolve, reject, socket: null, abort: null};
+      const request = {type, id, text, resolve, reject, socket: null, abort: null};
       request.timer = setTimeout(() => {
         this.#settle(id);
         request.abort?.abort();
@@ -279,6 +293,16 @@ export class Live {
     });
   }
 
+  send(type, data = null) {
+    const text = encode({type, data}, "send"); // no id: nothing waits for a reply
+    if (this.state === "closed") {
+      this.#error(new LiveError("closed", `live.js: "${type}" not sent: the connection is closed`));
+      return undefined;
+    }
+    this.#transmit({type, text, resolve: null, timer: null});
+    return undefined;
+  }
+
   close() {
     if (this.state === "closed") return;
     this.#setState("closed");
@@ -286,6 +310,7 @@ export class Live {
     globalThis.removeEventListener?.("online", this.#online);
     this.#dropSocket(1000, "closed by the page");
     for (const record of this.#channels.values()) this.#closeStream(record);
+    for (const item of this.#outbox) clearTimeout(item.timer);
     this.#outbox = [];
     for (const [id, request] of this.#pending) {
       this.#settle(id);
@@ -404,9 +429,7 @@ export class Live {
         record.confirmed = record.refused = false;
         this.#subscribeFrame(record);
       }
-      const waiting = this.#outbox;
-      this.#outbox = [];
-      for (const request of waiting) this.#transmit(request);
+      this.#flush();
       this.#update();
     };
     socket.onmessage = (message) => {
@@ -449,7 +472,7 @@ export class Live {
         request.reject(
           new LiveError(
             "disconnected",
-            `the connection closed before "${request.frame.type}" was answered`,
+            `the connection closed before "${request.type}" was answered`,
           ),
         );
       }
@@ -485,37 +508,34 @@ export class Live {
   #openStreams() {
     this.#dropSocket(1000, "falling back to Server-Sent Events");
     for (const record of this.#channels.values()) this.#openStream(record);
-    const waiting = this.#outbox;
-    this.#outbox = [];
-    for (const request of waiting) this.#transmit(request);
+    this.#flush();
     this.#update();
   }
 
-  /** The stream URL of a channel: with the epoch once known, and `since` to recover. */
-  #streamUrl(record, since) {
+  /**
+   * The channel's stream URL: with since and epoch when the client has a position in it.
+   * The browser's own reconnects of that stream send Last-Event-ID (<epoch>:<offset>),
+   * which the server prefers to the URL's since, so the URL never needs to change.
+   */
+  #streamUrl(record) {
     const url = new URL(this.#urls.http);
     url.searchParams.set("channel", record.name);
-    if (record.epoch !== null) {
-      if (since && record.offset !== null) url.searchParams.set("since", String(record.offset));
+    if (record.offset !== null && record.epoch !== null) {
+      url.searchParams.set("since", String(record.offset));
       url.searchParams.set("epoch", record.epoch);
     }
     return url.href;
   }
 
-  /** Open the channel's stream, recovering from the last offset seen if there is one. */
+  /** Create the channel's one EventSource (closing the one it had, if any). */
   #openStream(record) {
     this.#closeStream(record);
     if (this.state === "closed" || this.#channels.get(record.name) !== record) return;
-    const url = this.#streamUrl(record, true);
-    record.confirmed = record.refused = false;
-    this.#adopt(record, new this.#EventSource(url), url, false);
-  }
-
-  /** Make `source` the channel's stream; `spoke`: it has delivered a message already. */
-  #adopt(record, source, url, spoke) {
+    const url = this.#streamUrl(record);
+    const source = new this.#EventSource(url);
     record.source = source;
-    record.sourceUrl = url;
-    record.sourceSpoke = spoke;
+    record.sourceSpoke = false;
+    record.confirmed = record.refused = false;
     source.onmessage = (message) => {
       if (record.source !== source) return;
       record.sourceSpoke = true;
@@ -524,19 +544,13 @@ export class Live {
         this.#settled ??= "sse";
         record.sourceAttempt = 0;
         this.#update();
-        if (record.source === source && url !== this.#streamUrl(record, false)) {
-          this.#handOver(record);
-        }
-      } else {
-        this.#promote(record);
       }
     };
     source.onerror = () => {
       if (record.source !== source) return;
       record.confirmed = false;
-      this.#closeNext(record);
       if (source.readyState === CONNECTING && this.#settled === "sse") {
-        // The browser reconnects by itself, sending Last-Event-ID.
+        // The browser reconnects by itself, sending Last-Event-ID: <epoch>:<offset>.
         if (this.#wasLive) this.#setState("reconnecting");
         return;
       }
@@ -546,75 +560,9 @@ export class Live {
     };
   }
 
-  /**
-   * Replace the channel's stream by one whose URL carries the current epoch and no `since`,
-   * so that the browser's own reconnects recover from Last-Event-ID (a `since` in the URL
-   * would be stale by then, and the server prefers it). The two streams overlap: the new one
-   * takes over once the old one has delivered every event up to the new one's `subscribed`,
-   * so nothing falls between them; offsets drop what both delivered.
-   */
-  #handOver(record) {
-    this.#closeNext(record);
-    const url = this.#streamUrl(record, false);
-    const next = new this.#EventSource(url);
-    Object.assign(record, {next, nextUrl: url, nextStart: null, nextQueue: []});
-    next.onmessage = (message) => {
-      if (record.next !== next) return;
-      let frame = null;
-      try {
-        frame = JSON.parse(message.data);
-      } catch (error) {
-        // reported when it is delivered
-      }
-      if (
-        record.nextStart === null &&
-        frame?.type === "subscribed" &&
-        frame.channel === record.name
-      ) {
-        if (frame.epoch !== record.epoch) {
-          this.#closeNext(record); // the history was reset meanwhile; the old stream says so
-          return;
-        }
-        record.nextStart = frame.offset;
-        this.#promote(record);
-      } else {
-        record.nextQueue.push(message.data);
-      }
-    };
-    next.onerror = () => {
-      if (record.next === next) this.#closeNext(record);
-    };
-  }
-
-  /** The new stream takes over once the old one delivered everything up to its start. */
-  #promote(record) {
-    if (!record.next || record.nextStart === null || record.offset === null) return;
-    if (record.offset < record.nextStart) return; // the old stream still has events to deliver
-    const {next, nextUrl, nextQueue} = record;
-    record.next = null;
-    record.nextQueue = [];
-    const old = record.source;
-    if (old) {
-      old.onmessage = old.onerror = null;
-      old.close();
-    }
-    this.#adopt(record, next, nextUrl, true);
-    for (const data of nextQueue) this.#receive(data);
-  }
-
-  #closeNext(record) {
-    if (record.next) {
-      record.next.onmessage = record.next.onerror = null;
-      record.next.close();
-    }
-    record.next = null;
-    record.nextQueue = [];
-  }
-
   #closeStream(record) {
     clearTimeout(record.sourceTimer);
     record.sourceTimer = null;
-    this.#closeNext(record);
     if (record.source) {
       record.source.onmessage = record.source.onerror = null;
       record.source.close();
@@ -728,8 +676,11 @@ export class Live {
     const moved =
       frame.recovered === undefined &&
       (frame.epoch !== record.epoch || frame.offset !== record.offset);
-    record.epoch = frame.epoch ?? null;
-    record.offset = frame.offset;
+    const epoch = frame.epoch ?? null;
+    // Never backwards within an epoch: events at or below the offset seen stay dropped.
+    const keep = !first && epoch === record.epoch && frame.offset < record.offset;
+    record.epoch = epoch;
+    if (!keep) record.offset = frame.offset;
     record.confirmed = true;
     record.refused = false;
     if (first || moved || frame.recovered === false || record.stale) {
@@ -795,29 +746,65 @@ export class Live {
     else console.warn("live.js:", error.message);
   }
 
-  // -- send -------------------------------------------------------------------------------------
+  // -- request and send ------------------------------------------------------------------------
 
-  #transmit(request) {
+  /** Send a request's or a send's frame now if a transport is up, else queue it. */
+  #transmit(item) {
     if (this.transport === "websocket" && this.#socket?.readyState === OPEN) {
-      request.socket = this.#socket;
-      this.#socket.send(JSON.stringify(request.frame));
+      this.#sent(item);
+      item.socket = this.#socket;
+      this.#socket.send(item.text);
     } else if (this.transport === "sse" && this.#timer === null) {
-      this.#post(request);
+      this.#sent(item);
+      this.#post(item);
     } else {
-      this.#outbox.push(request);
+      this.#outbox.push(item);
+      if (item.resolve === null && item.timer === null) {
+        // A send(): nobody waits for it, so it gives up by itself rather than go out late.
+        item.timer = setTimeout(() => {
+          this.#unqueue(item);
+          this.#error(
+            new LiveError(
+              "timeout",
+              `"${item.type}" not sent: no connection within ${this.#options.timeout} ms`,
+            ),
+          );
+        }, this.#options.timeout);
+      }
     }
   }
 
-  async #post(request) {
-    const {id} = request.frame;
-    request.abort = new AbortController();
+  /** A send() leaves the outbox: its own timer ends (a request's runs until its reply). */
+  #sent(item) {
+    if (item.resolve === null) {
+      clearTimeout(item.timer);
+      item.timer = null;
+    }
+  }
+
+  /** Send what waited for a transport, in order. */
+  #flush() {
+    const waiting = this.#outbox;
+    this.#outbox = [];
+    for (const item of waiting) this.#transmit(item);
+  }
+
+  #unqueue(item) {
+    const index = this.#outbox.indexOf(item);
+    if (index >= 0) this.#outbox.splice(index, 1);
+  }
+
+  /** POST the frame to the HTTP URL; a request settles with the answer, a send reports. */
+  async #post(item) {
+    const waited = item.resolve !== null;
+    if (waited) item.abort = new AbortController();
     let frame;
     try {
       const response = await this.#fetch(this.#urls.http, {
         method: "POST",
         headers: {"Content-Type": "application/json", Accept: "application/json"},
-        body: JSON.stringify(request.frame),
-        signal: request.abort.signal,
+        body: item.text,
+        signal: item.abort?.signal,
       });
       try {
         frame = await response.json();
@@ -835,12 +822,19 @@ export class Live {
         message: `POST ${this.#urls.http} failed: ${error}`,
       };
     }
-    if (!this.#pending.has(id)) return; // timed out or closed meanwhile
-    this.#settle(id);
-    if (frame?.type === "reply") request.resolve(frame.data);
-    else if (frame?.type === "error") request.reject(errorOf(frame));
+    if (!waited) {
+      // A send(): the reply is not wanted; a failure goes where a WebSocket's would.
+      if (frame?.type === "error" && this.state !== "closed") {
+        this.#error(errorOf({...frame, message: `"${item.type}": ${frame.message}`}));
+      }
+      return;
+    }
+    if (this.#pending.get(item.id) !== item) return; // timed out or closed meanwhile
+    this.#settle(item.id);
+    if (frame?.type === "reply") item.resolve(frame.data);
+    else if (frame?.type === "error") item.reject(errorOf(frame));
     else
-      request.reject(
+      item.reject(
         new LiveError("bad_response", `expected a reply frame, got ${JSON.stringify(frame)}`),
       );
   }
@@ -849,8 +843,19 @@ export class Live {
     const request = this.#pending.get(id);
     if (request) clearTimeout(request.timer);
     this.#pending.delete(id);
-    const index = this.#outbox.indexOf(request);
-    if (index >= 0) this.#outbox.splice(index, 1);
+    if (request) this.#unqueue(request);
+  }
+}
+
+/** The frame as JSON, or a TypeError saying why it cannot be sent. */
+function encode(frame, verb) {
+  if (typeof frame.type !== "string") {
+    throw new TypeError(`live.js: ${verb}(type, data) takes a string type`);
+  }
+  try {
+    return JSON.stringify(frame);
+  } catch (error) {
+    throw new TypeError(`live.js: ${verb}("${frame.type}", data): data is not JSON: ${error}`);
   }
 }
 
