@@ -18,15 +18,15 @@ import re
 import subprocess
 import sys
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import tornado.web
+from helpers import Closing
 from pymongo import AsyncMongoClient
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPResponse
-from tornado.ioloop import IOLoop
 
 import tornado_live
 import tornado_live.testing
@@ -85,10 +85,8 @@ class TestReadme:
         return namespace
 
     @pytest.fixture
-    def mongo(self, mongo_server: str, io_loop: IOLoop) -> Iterator[AsyncMongoClient[Any]]:
-        client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_server)
-        yield client
-        io_loop.run_sync(client.close, timeout=TIMEOUT)
+    def mongo(self, mongo_server: str, closing: Closing) -> AsyncMongoClient[Any]:
+        return closing(AsyncMongoClient[Any](mongo_server))
 
     @pytest.fixture
     def app(
