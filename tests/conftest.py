@@ -30,6 +30,35 @@ from tornado_live import Hub
 
 pytest_plugins = ["tornado_live.testing"]
 
+#: A test that uses one of these fixtures needs that service and has its mark (registered
+#: in pyproject.toml); `make check` runs the tests without these marks.
+SERVICES = {
+    "redis_server": "redis",
+    "private_redis": "redis",
+    "mongo_server": "mongo",
+    "browser": "browser",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test by the fixtures it requests, itself or through other fixtures' arguments."""
+    for item in items:
+        used = getattr(item, "fixturenames", ())
+        for mark in sorted({mark for fixture, mark in SERVICES.items() if fixture in used}):
+            item.add_marker(mark)
+
+
+@pytest.fixture(autouse=True)
+def _marked_for_its_services(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test that used a service without its mark: one reached only through
+    ``request.getfixturevalue`` (the ``app`` that pytest-tornado's ``http_server`` asks for,
+    say) is invisible at collection, and must be marked by hand."""
+    yield
+    for fixture in request.fixturenames:
+        mark = SERVICES.get(fixture)
+        if mark is not None and request.node.get_closest_marker(mark) is None:
+            pytest.fail(f"it used the {fixture} fixture: mark it @pytest.mark.{mark}")
+
 
 @pytest.fixture
 def hub() -> Hub:

@@ -37,9 +37,12 @@ BROKERS: dict[str, Callable[[pytest.FixtureRequest], MakeBroker]] = {
     "memory": lambda request: MemoryBroker,
     "redis": redis,
 }
+#: The marks of the brokers that need a server (it is reached through getfixturevalue,
+#: which the conftest's marking by fixture cannot see).
+NEEDS = {"redis": pytest.mark.redis}
 
 
-@pytest.fixture(params=sorted(BROKERS))
+@pytest.fixture(params=[pytest.param(name, marks=NEEDS.get(name, ())) for name in sorted(BROKERS)])
 def make_broker(request: pytest.FixtureRequest, closing: Closing) -> MakeBroker:
     """``make_broker(**options)``: a broker of the implementation under test, closed after."""
     factory = BROKERS[request.param](request)

@@ -100,6 +100,7 @@ class TestReadme:
     def test_starts_its_server_only_as_main(self) -> None:
         assert '\nif __name__ == "__main__":\n' in readme_program()
 
+    @pytest.mark.mongo  # the app, which http_server asks for, uses mongo_server
     @pytest.mark.gen_test(timeout=15)
     async def test_a_save_is_pushed(
         self, live_connect: LiveConnect, http_client: AsyncHTTPClient, base_url: str
