@@ -130,11 +130,11 @@ def test_a_live_test_case_subscribes_publishes_and_closes_every_client() -> None
         assert case.server.closed_at_stop == case.closed == ["/live"] * case.opened
         assert case.hub.channels == frozenset()
         assert case._live_clients.opened == []
-    # Each test had its own loop, closed after it, and left asyncio without one.
+    # Each test had its own loop, closed after it, and left asyncio without one set.
     assert cases[0].io_loop is not cases[1].io_loop
-    assert cases[0].io_loop.asyncio_loop.is_closed()  # type: ignore[attr-defined]
+    assert all(case.io_loop.asyncio_loop.is_closed() for case in cases)  # type: ignore[attr-defined]
     with pytest.raises(RuntimeError):
-        asyncio.get_running_loop()
+        asyncio.get_event_loop()
 
 
 def test_a_failing_live_test_still_closes_its_clients() -> None:
@@ -243,13 +243,13 @@ async def test_live_connect_passes_options_to_the_client(
 def test_io_loop_is_a_fresh_loop_set_as_asyncios_and_closed_after(
     afterwards: Checks, io_loop: IOLoop
 ) -> None:
-    assert asyncio.get_event_loop_policy().get_event_loop() is io_loop.asyncio_loop  # type: ignore[attr-defined]
+    assert asyncio.get_event_loop() is io_loop.asyncio_loop  # type: ignore[attr-defined]
     assert io_loop.run_sync(lambda: asyncio.sleep(0, "ran")) == "ran"
 
     def closed_and_unset() -> None:
         assert io_loop.asyncio_loop.is_closed()  # type: ignore[attr-defined]
         with pytest.raises(RuntimeError):
-            asyncio.get_event_loop_policy().get_event_loop()
+            asyncio.get_event_loop()
 
     afterwards.append(closed_and_unset)
 

@@ -82,8 +82,10 @@ class LiveTestCase(AsyncHTTPTestCase):
         super().setUp()
 
     def tearDown(self) -> None:
-        self.io_loop.run_sync(self._live_clients.close)
-        super().tearDown()
+        try:
+            self.io_loop.run_sync(self._live_clients.close)
+        finally:
+            super().tearDown()
 
     def ws_url(self, path: str = "/live") -> str:
         """The WebSocket URL for ``path`` on the test server."""
