@@ -11,17 +11,17 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from functools import partial
 
 import pytest
+from helpers import Closing, Inbox, publish
 from redis.asyncio import Redis
-from tornado.ioloop import IOLoop
 
 from tornado_live.brokers import Broker, from_url
 from tornado_live.brokers.memory import MemoryBroker
 from tornado_live.brokers.redis import RedisBroker
-from tornado_live.protocol import Event, Position, encode_data
+from tornado_live.protocol import Event, encode_data
 
 MakeBroker = Callable[..., Broker]
 
@@ -37,63 +37,16 @@ BROKERS: dict[str, Callable[[pytest.FixtureRequest], MakeBroker]] = {
     "memory": lambda request: MemoryBroker,
     "redis": redis,
 }
+#: The marks of the brokers that need a server (it is reached through getfixturevalue,
+#: which the conftest's marking by fixture cannot see).
+NEEDS = {"redis": pytest.mark.redis}
 
 
-@pytest.fixture(params=sorted(BROKERS))
-def make_broker(request: pytest.FixtureRequest, io_loop: IOLoop) -> Iterator[MakeBroker]:
-    made: list[Broker] = []
+@pytest.fixture(params=[pytest.param(name, marks=NEEDS.get(name, ())) for name in sorted(BROKERS)])
+def make_broker(request: pytest.FixtureRequest, closing: Closing) -> MakeBroker:
+    """``make_broker(**options)``: a broker of the implementation under test, closed after."""
     factory = BROKERS[request.param](request)
-
-    def make(**options: float) -> Broker:
-        broker = factory(**options)
-        made.append(broker)
-        return broker
-
-    yield make
-
-    async def close() -> None:
-        for broker in made:
-            await broker.close()
-
-    io_loop.run_sync(close)
-
-
-class Inbox:
-    """A subscription's callbacks: keeps the events (and gaps) it is given, and can wait."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-        self.gaps: list[tuple[str, Position]] = []
-        self._arrived = asyncio.Event()
-
-    def __call__(self, event: Event) -> None:
-        self.events.append(event)
-        self._arrived.set()
-
-    def gap(self, channel: str, position: Position) -> None:
-        self.gaps.append((channel, position))
-        self._arrived.set()
-
-    async def wait_gap(self, timeout: float = 5.0) -> tuple[str, Position]:
-        async with asyncio.timeout(timeout):
-            while not self.gaps:
-                self._arrived.clear()
-                await self._arrived.wait()
-        return self.gaps[0]
-
-    async def wait(self, count: int, timeout: float = 5.0) -> list[Event]:
-        async with asyncio.timeout(timeout):
-            while len(self.events) < count:
-                self._arrived.clear()
-                await self._arrived.wait()
-        return self.events
-
-
-async def publish(broker: Broker, channel: str, count: int, start: int = 0) -> list[Event]:
-    return [
-        await broker.publish(channel, "updated_user", encode_data({"n": start + n}))
-        for n in range(count)
-    ]
+    return lambda **options: closing(factory(**options))
 
 
 @pytest.mark.gen_test

@@ -22,7 +22,7 @@ import re
 import subprocess
 import sys
 import urllib.parse
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +31,9 @@ import docs_sync
 import pytest
 import tornado.web
 import unsphinx
+from helpers import Closing
 from pymongo import AsyncMongoClient
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPResponse
-from tornado.ioloop import IOLoop
 
 import tornado_live
 import tornado_live.testing
@@ -85,10 +85,8 @@ class TestReadme:
         return namespace
 
     @pytest.fixture
-    def mongo(self, mongo_server: str, io_loop: IOLoop) -> Iterator[AsyncMongoClient[Any]]:
-        client: AsyncMongoClient[Any] = AsyncMongoClient(mongo_server)
-        yield client
-        io_loop.run_sync(client.close, timeout=TIMEOUT)
+    def mongo(self, mongo_server: str, closing: Closing) -> AsyncMongoClient[Any]:
+        return closing(AsyncMongoClient[Any](mongo_server))
 
     @pytest.fixture
     def app(
@@ -102,6 +100,7 @@ class TestReadme:
     def test_starts_its_server_only_as_main(self) -> None:
         assert '\nif __name__ == "__main__":\n' in readme_program()
 
+    @pytest.mark.mongo  # the app, which http_server asks for, uses mongo_server
     @pytest.mark.gen_test(timeout=15)
     async def test_a_save_is_pushed(
         self, live_connect: LiveConnect, http_client: AsyncHTTPClient, base_url: str

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import tornado.web
-from conftest import Demo, start_demo
+from helpers import Demo, start_demo
 from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 from tornado.ioloop import IOLoop
 

@@ -21,7 +21,6 @@ import asyncio
 import contextlib
 import json
 import re
-import socket
 import threading
 import urllib.error
 from collections.abc import Iterator
@@ -32,7 +31,7 @@ import pytest
 import tornado.httpserver
 import tornado.netutil
 from bson import ObjectId
-from conftest import Demo, rest, start_demo
+from helpers import Demo, free_port, rest, start_demo
 from playwright.sync_api import Browser, Page, Request, expect
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from pymongo import MongoClient
@@ -269,13 +268,6 @@ def test_two_pages_stay_in_step(browser: Browser, demo: Demo, transport: str) ->
 
 
 # -- the server restarts while the pages stay open ------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.mark.parametrize("transport", ["websocket", "sse"])

@@ -5,7 +5,7 @@ Pages staying in step (over WebSocket and over the SSE fallback) are in test_liv
 
 from __future__ import annotations
 
-from conftest import Demo
+from helpers import Demo
 from playwright.sync_api import Browser, Page, expect
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import tornado.web
-from conftest import RedisServer, start_demo
+from helpers import RedisServer, start_demo
 from redis.asyncio import Redis
 from tornado.httpclient import AsyncHTTPClient
 from tornado.websocket import WebSocketClientConnection, WebSocketHandler, websocket_connect

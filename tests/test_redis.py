@@ -11,17 +11,14 @@ import asyncio
 import json
 import logging
 import signal
-import socket
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 import tornado.web
-from conftest import RedisServer
+from helpers import Closing, Inbox, RedisServer, free_port, publish
 from redis.asyncio import Redis
-from test_brokers import Inbox, publish
-from tornado.ioloop import IOLoop
 
 from tornado_live import Hub, LiveHandler
 from tornado_live.brokers import PublishError, from_url
@@ -37,22 +34,9 @@ def prefix() -> str:
 
 
 @pytest.fixture
-def make(io_loop: IOLoop) -> Iterator[MakeBroker]:
+def make(closing: Closing) -> MakeBroker:
     """``make(url, **options)``: a RedisBroker, closed after the test."""
-    made: list[RedisBroker] = []
-
-    def make(url: str, **options: Any) -> RedisBroker:
-        broker = RedisBroker(url, **options)
-        made.append(broker)
-        return broker
-
-    yield make
-
-    async def close() -> None:
-        for broker in made:
-            await broker.close()
-
-    io_loop.run_sync(close)
+    return lambda url, **options: closing(RedisBroker(url, **options))
 
 
 class Gaps(list[tuple[str, Position]]):
@@ -347,9 +331,7 @@ async def test_a_frozen_redis_times_out_instead_of_hanging(
 
 @pytest.mark.gen_test
 async def test_an_unreachable_redis_fails_fast_and_clearly(make: MakeBroker) -> None:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # nothing listens here once the probe is closed
+    port = free_port()  # nothing listens there
     broker = make(f"redis://127.0.0.1:{port}/0", backoff=(0.05, 0.1))
     with pytest.raises(PublishError, match=rf"Redis at redis://127.0.0.1:{port} failed"):
         await broker.publish("users", "updated_user", b"{}")
@@ -427,10 +409,9 @@ def test_redis_broker_rejects_bad_settings() -> None:
 
 class TestLostHistory:
     @pytest.fixture
-    def app(self, private_redis: RedisServer, io_loop: IOLoop) -> Iterator[tornado.web.Application]:
-        hub = Hub(RedisBroker(private_redis.url))
-        yield tornado.web.Application([(r"/live", LiveHandler, {"hub": hub})])
-        io_loop.run_sync(hub.close)
+    def app(self, private_redis: RedisServer, closing: Closing) -> tornado.web.Application:
+        hub = closing(Hub(RedisBroker(private_redis.url)))
+        return tornado.web.Application([(r"/live", LiveHandler, {"hub": hub})])
 
     @pytest.mark.gen_test(timeout=20)
     async def test_a_client_whose_events_were_lost_is_disconnected_then_told_to_refetch(

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RedisServer, start_demo
+from helpers import Closing, RedisServer, start_demo
 from tornado.httpclient import AsyncHTTPClient
 
 from tornado_live import Client
@@ -54,49 +54,48 @@ async def drain(client: Client, count: int) -> list[dict[str, Any]]:
 
 @pytest.mark.gen_test(timeout=60)
 async def test_every_client_of_every_process_gets_every_event_once_in_order(
-    servers: list[str],
+    servers: list[str], closing: Closing
 ) -> None:
-    clients = [await Client.connect(ws_url(url, "/live")) for url in servers for _ in range(3)]
-    try:
-        for client in clients:
-            await client.subscribe("users")
-        # A burst of saves in all three processes at once: 3 creates, then 8 updates each.
-        created = await asyncio.gather(
-            *(
-                rest(
-                    f"{url}/users",
-                    "POST",
-                    {"name": f"u{n}", "email": f"u{n}@example.com", "password": "password"},
-                )
-                for n, url in enumerate(servers)
+    clients = [
+        closing(await Client.connect(ws_url(url, "/live"))) for url in servers for _ in range(3)
+    ]
+    for client in clients:
+        await client.subscribe("users")
+    # A burst of saves in all three processes at once: 3 creates, then 8 updates each.
+    created = await asyncio.gather(
+        *(
+            rest(
+                f"{url}/users",
+                "POST",
+                {"name": f"u{n}", "email": f"u{n}@example.com", "password": "password"},
             )
+            for n, url in enumerate(servers)
         )
-        ids = [user["id"] for code, user in created if code == 201]
-        assert len(ids) == 3
-        answers = await asyncio.gather(
-            *(
-                rest(f"{servers[(n + k) % 3]}/users/{ids[n]}", "POST", {"name": f"u{n}-{k}"})
-                for n in range(3)
-                for k in range(8)
-            )
+    )
+    ids = [user["id"] for code, user in created if code == 201]
+    assert len(ids) == 3
+    answers = await asyncio.gather(
+        *(
+            rest(f"{servers[(n + k) % 3]}/users/{ids[n]}", "POST", {"name": f"u{n}-{k}"})
+            for n in range(3)
+            for k in range(8)
         )
-        assert [code for code, _ in answers] == [200] * 24
-        sequences = [await drain(client, 27) for client in clients]
-        for sequence in sequences:
-            assert [event["offset"] for event in sequence] == list(range(1, 28))
-            assert sequence == sequences[0]  # the same events, in the same order, everywhere
-        assert sorted(e["type"] for e in sequences[0]).count("created_user") == 3
-        for client in clients:
-            assert await client.receive_nothing()
-    finally:
-        await asyncio.gather(*(client.close() for client in clients))
+    )
+    assert [code for code, _ in answers] == [200] * 24
+    sequences = [await drain(client, 27) for client in clients]
+    for sequence in sequences:
+        assert [event["offset"] for event in sequence] == list(range(1, 28))
+        assert sequence == sequences[0]  # the same events, in the same order, everywhere
+    assert sorted(e["type"] for e in sequences[0]).count("created_user") == 3
+    for client in clients:
+        assert await client.receive_nothing()
 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_a_client_resumes_on_another_process_with_exactly_what_it_missed(
-    servers: list[str],
+    servers: list[str], closing: Closing
 ) -> None:
-    first = await Client.connect(ws_url(servers[0], "/live"))
+    first = closing(await Client.connect(ws_url(servers[0], "/live")))
     await first.subscribe("users")
     code, ada = await rest(
         f"{servers[0]}/users",
@@ -108,19 +107,16 @@ async def test_a_client_resumes_on_another_process_with_exactly_what_it_missed(
     await first.close()
     for n, url in enumerate(servers):
         assert (await rest(f"{url}/users/{ada['id']}", "POST", {"name": f"Ada {n}"}))[0] == 200
-    second = await Client.connect(ws_url(servers[2], "/live"))
-    try:
-        (resumed,) = await second.resume(first)
-        missed = await drain(second, 3)
-        assert [(e["offset"], e["data"]["name"]) for e in missed] == [
-            (2, "Ada 0"),
-            (3, "Ada 1"),
-            (4, "Ada 2"),
-        ]
-        assert (resumed["recovered"], resumed["offset"]) == (True, 4)
-        assert await second.receive_nothing()
-    finally:
-        await second.close()
+    second = closing(await Client.connect(ws_url(servers[2], "/live")))
+    (resumed,) = await second.resume(first)
+    missed = await drain(second, 3)
+    assert [(e["offset"], e["data"]["name"]) for e in missed] == [
+        (2, "Ada 0"),
+        (3, "Ada 1"),
+        (4, "Ada 2"),
+    ]
+    assert (resumed["recovered"], resumed["offset"]) == (True, 4)
+    assert await second.receive_nothing()
 
 
 async def offsets_until_closed(client: Client) -> list[int]:
@@ -136,9 +132,9 @@ async def offsets_until_closed(client: Client) -> list[int]:
 
 @pytest.mark.gen_test(timeout=90)
 async def test_redis_stopped_mid_stream_then_back(
-    servers: list[str], private_redis: RedisServer
+    servers: list[str], private_redis: RedisServer, closing: Closing
 ) -> None:
-    clients = [await Client.connect(ws_url(url, "/live")) for url in servers]
+    clients = [closing(await Client.connect(ws_url(url, "/live"))) for url in servers]
     for client in clients:
         await client.subscribe("users")
     code, ada = await rest(
@@ -171,13 +167,8 @@ async def test_redis_stopped_mid_stream_then_back(
         assert client.close_code == 1012
     # ...and resuming, on any process, says plainly that it must refetch.
     for n, client in enumerate(clients):
-        again = await Client.connect(ws_url(servers[(n + 1) % 3], "/live"))
-        try:
-            (resumed,) = await again.resume(client)
-            assert resumed["recovered"] is False
-            assert resumed["offset"] == 4  # the new life: the four saves after the restart
-            assert await again.receive_nothing()
-        finally:
-            await again.close()
-    for client in clients:
-        await client.close()
+        again = closing(await Client.connect(ws_url(servers[(n + 1) % 3], "/live")))
+        (resumed,) = await again.resume(client)
+        assert resumed["recovered"] is False
+        assert resumed["offset"] == 4  # the new life: the four saves after the restart
+        assert await again.receive_nothing()
