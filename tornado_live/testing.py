@@ -1,6 +1,6 @@
 """Helpers for testing your own live app: a unittest test case, and a pytest plugin.
 
-With unittest, subclass :class:`LiveTestCase` (a `tornado.testing.AsyncHTTPTestCase`)
+With unittest, subclass `LiveTestCase` (a `tornado.testing.AsyncHTTPTestCase`)
 and override ``get_app()``::
 
     class UsersTest(LiveTestCase):
@@ -72,7 +72,7 @@ class LiveTestCase(AsyncHTTPTestCase):
     """An `AsyncHTTPTestCase` with live clients: override ``get_app()`` as usual.
 
     ``await self.live_connect("/live", origin=..., headers=...)`` opens a
-    :class:`~tornado_live.client.Client` to the test server. Every client it opened is
+    `Client` to the test server. Every client it opened is
     closed in ``tearDown``, before the server stops. Write the tests as
     ``@tornado.testing.gen_test`` async methods.
     """
