@@ -14,7 +14,7 @@ import tornado.netutil
 from tornado_live import Hub
 
 from .app import make_app
-from .store import MemoryCollection
+from .store import memory_collection
 from .users import User
 
 
@@ -54,15 +54,16 @@ async def serve(options: argparse.Namespace) -> None:
 
         client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(options.mongo)
         database = client.get_default_database("tornado_live_demo")
-        User.bind(database["users"], hub)
+        users = User.bind(database["users"], hub)
         store = f"MongoDB at {options.mongo}"
     else:
-        User.bind(MemoryCollection(), hub)
+        users = User.bind(memory_collection(), hub)
         store = "memory"
     # --8<-- [end:bind]
     # --8<-- [start:serve]
     sockets = tornado.netutil.bind_sockets(options.port, options.host)
-    server = tornado.httpserver.HTTPServer(make_app(hub))
+    await users.create_indexes()
+    server = tornado.httpserver.HTTPServer(make_app(hub, users))
     server.add_sockets(sockets)
     host, port = sockets[0].getsockname()[:2]
     host = f"[{host}]" if ":" in host else host

@@ -13,7 +13,7 @@ import tornado.websocket
 
 from tornado_live import Hub, LiveMixin, PublishError, Refused, message, static_route
 
-from .users import User
+from .users import User, hash_password
 
 HERE = Path(__file__).parent
 
@@ -38,6 +38,9 @@ def valid(key: str, value: Any) -> bool:
 
 class JsonHandler(tornado.web.RequestHandler):
     """JSON in, JSON out, and errors as ``{"error": "..."}``."""
+
+    def initialize(self, users: type[User]) -> None:
+        self.users = users  # the User model, bound to this app's collection and hub
 
     def write_json(self, value: Any) -> None:
         self.set_header("Content-Type", "application/json; charset=utf-8")
@@ -84,7 +87,7 @@ class JsonHandler(tornado.web.RequestHandler):
         return {key: value.strip() if key != "password" else value for key, value in body.items()}
 
     async def user(self, id: str) -> User:
-        user = await User.get(id)
+        user = await self.users.get(id)
         if user is None:
             raise tornado.web.HTTPError(404, f"no user with id {id}")
         return user
@@ -94,11 +97,11 @@ class JsonHandler(tornado.web.RequestHandler):
 class UsersHandler(JsonHandler):
     async def get(self) -> None:
         # Tornado adds an ETag and answers 304 to a matching If-None-Match by itself.
-        self.write_json([user.public() for user in await User.find()])
+        self.write_json([user.public() for user in await self.users.find()])
 
     async def post(self) -> None:
         fields = self.fields(required=True)
-        user = User(name=fields["name"], email=fields["email"])
+        user = self.users(name=fields["name"], email=fields["email"])
         user.set_password(fields["password"])
         await self.announced(user.save())  # broadcasts created_user to users, users/<id>
         self.set_status(201)
@@ -115,9 +118,8 @@ class UserHandler(JsonHandler):
         fields = self.fields(required=False)
         user = await self.user(id)
         if "password" in fields:
-            user.set_password(fields.pop("password"))
-        user.update(fields)
-        await self.announced(user.save())  # broadcasts updated_user
+            fields["password_hash"] = hash_password(fields.pop("password"))
+        await self.announced(user.patch(fields))  # only these fields; broadcasts updated_user
         self.write_json(user.public())
 
     async def delete(self, id: str) -> None:
@@ -130,12 +132,16 @@ class UserHandler(JsonHandler):
 class Live(LiveMixin, tornado.websocket.WebSocketHandler):
     """The live socket: every channel is public; one message the page may send."""
 
+    def initialize(self, hub: Hub, users: type[User]) -> None:
+        super().initialize(hub)
+        self.users = users
+
     @message
     async def email_taken(self, data: Any) -> bool:
         # {"type": "email_taken", "id": 1, "data": "ada@example.com"} -> reply true/false
         if not isinstance(data, str):
             raise Refused("invalid_email", f"email_taken takes a string; got {data!r}")
-        return bool(await User.find({"email": data.strip()}))
+        return bool(await self.users.find({"email": data.strip()}, limit=1))
         # --8<-- [end:live]
 
 
@@ -147,15 +153,15 @@ class PageHandler(tornado.web.RequestHandler):
 
 
 # --8<-- [start:app]
-def make_app(hub: Hub, **settings: Any) -> tornado.web.Application:
-    """The demo application; ``User`` must already be bound to a collection and ``hub``."""
+def make_app(hub: Hub, users: type[User], **settings: Any) -> tornado.web.Application:
+    """The demo application: ``users`` is ``User.bind(collection, hub)``."""
     return tornado.web.Application(
         [
             (r"/", PageHandler),
-            (r"/live", Live, {"hub": hub}),
+            (r"/live", Live, {"hub": hub, "users": users}),
             static_route(),  # live.js, the browser client, at /static/live/live.js
-            (r"/users", UsersHandler),
-            (r"/users/([^/]+)", UserHandler),
+            (r"/users", UsersHandler, {"users": users}),
+            (r"/users/([^/]+)", UserHandler, {"users": users}),
         ],
         template_path=str(HERE / "templates"),
         cross_origin_protection=True,  # refuse cross-site POST/DELETE (Tornado 6.6)

@@ -6,12 +6,11 @@ import hashlib
 import hmac
 import secrets
 
-from tornado_live import Document, model
+from tornado_live import Document
 
 
 # --8<-- [start:model]
-@model("user", public=("name", "email"))
-class User(Document):
+class User(Document, name="user", public=("name", "email"), index=("email",)):
     """A user. Only ``id``, ``name`` and ``email`` ever leave the server."""
 
     def set_password(self, password: str) -> None:

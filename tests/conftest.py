@@ -24,7 +24,7 @@ from playwright.sync_api import Browser, sync_playwright
 from tornado.ioloop import IOLoop
 
 from example_app.app import make_app
-from example_app.store import MemoryCollection
+from example_app.store import memory_collection
 from example_app.users import User
 from tornado_live import Hub
 
@@ -66,10 +66,15 @@ def hub() -> Hub:
 
 
 @pytest.fixture
-def app(hub: Hub) -> tornado.web.Application:
+def users(hub: Hub) -> type[User]:
+    """The demo's ``User`` model bound to an in-memory collection and the test's hub."""
+    return User.bind(memory_collection(), hub)
+
+
+@pytest.fixture
+def app(hub: Hub, users: type[User]) -> tornado.web.Application:
     """pytest-tornado serves this: the demo over an in-memory store and broker."""
-    User.bind(MemoryCollection(), hub)
-    return make_app(hub)
+    return make_app(hub, users)
 
 
 @pytest.fixture

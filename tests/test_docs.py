@@ -115,7 +115,13 @@ class TestReadme:
         assert user["name"] == "Ada"
 
         event = await client.receive(timeout=TIMEOUT)
-        assert event == {"type": "created_user", "channel": "users", "offset": 1, "data": user}
+        assert event == {
+            "type": "created_user",
+            "channel": "users",
+            "offset": 1,
+            "version": 1,
+            "data": user,
+        }
         assert await client.receive_nothing()
 
         listed = await fetch(http_client, f"{base_url}/users")

@@ -37,7 +37,7 @@ from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from pymongo import MongoClient
 
 from example_app.app import make_app
-from example_app.store import MemoryCollection
+from example_app.store import memory_collection
 from example_app.users import User
 from tornado_live import Hub
 
@@ -557,9 +557,10 @@ class Served:
 
     async def _start(self) -> str:
         self._hub = Hub()
-        User.bind(MemoryCollection(), self._hub)
         sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
-        self._server = tornado.httpserver.HTTPServer(make_app(self._hub, **self.settings))
+        self._server = tornado.httpserver.HTTPServer(
+            make_app(self._hub, User.bind(memory_collection(), self._hub), **self.settings)
+        )
         self._server.add_sockets(sockets)
         port: int = sockets[0].getsockname()[1]
         return f"http://127.0.0.1:{port}"

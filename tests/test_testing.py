@@ -37,7 +37,7 @@ LiveConnect = Callable[..., Awaitable[Client]]
 class Watched(LiveHandler):
     """A LiveHandler that notes, in the route's ``closed`` list, each connection closing."""
 
-    def initialize(self, hub: Hub, closed: list[str]) -> None:  # type: ignore[override]
+    def initialize(self, hub: Hub, closed: list[str]) -> None:
         super().initialize(hub)
         self.closed = closed
 

@@ -14,7 +14,7 @@ import tornado.web
 from tornado.httpclient import HTTPClientError
 
 from example_app.app import make_app  # your application
-from example_app.store import MemoryCollection
+from example_app.store import memory_collection
 from example_app.users import User
 from tornado_live import Hub
 from tornado_live.testing import LiveTestCase
@@ -24,8 +24,7 @@ class TestUsersAreLive(LiveTestCase):
     def get_app(self) -> tornado.web.Application:
         """What the test server serves: the application, its models bound to a fresh hub."""
         self.hub = Hub()
-        User.bind(MemoryCollection(), self.hub)
-        return make_app(self.hub)
+        return make_app(self.hub, User.bind(memory_collection(), self.hub))
 
     @tornado.testing.gen_test(timeout=10)
     async def test_a_new_user_is_pushed(self) -> None:

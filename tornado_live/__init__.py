@@ -11,7 +11,7 @@ The flow of one event::
 * `tornado_live.hub`: one per process; channel -> local connections.
 * `tornado_live.transports`: the bytes of a WebSocket and of an event stream.
 * `tornado_live.handler`: `LiveMixin` for your ``WebSocketHandler``: routing, policy, settings.
-* `tornado_live.models`: `Document` and `model`: saves that broadcast.
+* `tornado_live.models`: `Document`: documents whose every write is announced.
 * `tornado_live.client`: a Python client; `tornado_live.testing`: test helpers.
 """
 
@@ -19,8 +19,8 @@ from .brokers import Broker, History, PublishError
 from .brokers.memory import MemoryBroker
 from .client import Client, ClientError, Closed
 from .handler import LiveHandler, LiveMixin, message, static_route
-from .hub import Hub
-from .models import Document, UnboundError, model
+from .hub import Hub, Snapshot
+from .models import Document, StaleError, UnboundError
 from .protocol import Event, LiveError, Position, ProtocolError, Refused
 
 __all__ = [
@@ -40,8 +40,9 @@ __all__ = [
     "ProtocolError",
     "PublishError",
     "Refused",
+    "Snapshot",
+    "StaleError",
     "UnboundError",
     "message",
-    "model",
     "static_route",
 ]

@@ -52,6 +52,8 @@ class Client:
     def __init__(self, connection: WebSocketClientConnection) -> None:
         self.connection = connection
         self._positions: dict[str, Position] = {}
+        # channel -> document id -> the version this client shows, for snapshot channels
+        self._versions: dict[str, dict[str, int]] = {}
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._frames: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
@@ -82,18 +84,30 @@ class Client:
     # -- requests -----------------------------------------------------------------------
 
     async def subscribe(
-        self, channel: str, *, since: int | None = None, epoch: str | None = None
+        self,
+        channel: str,
+        *,
+        since: int | None = None,
+        epoch: str | None = None,
+        snapshot: bool = False,
     ) -> dict[str, Any]:
         """Subscribe; return the ``subscribed`` frame (with ``recovered`` if ``since``).
 
-        Missed events sent before it are waiting in `receive`. Raises
-        `ClientError` if the server refuses.
+        Missed events sent before it are waiting in `receive`. With ``snapshot``, the
+        frame also carries the channel's state (``"snapshot"``: a list of ``{"version",
+        "data"}``, and ``"more"``), unless ``since`` recovered; from then on `receive`
+        never returns an event of this channel whose ``version`` is not newer than what
+        the client already has of that document (so the state and the events never need
+        reconciling). Raises `ClientError` if the server refuses.
         """
         frame: dict[str, Any] = {"type": "subscribe", "channel": channel}
         if since is not None:
             frame["since"] = since
         if epoch is not None:
             frame["epoch"] = epoch
+        if snapshot:
+            frame["snapshot"] = True
+            self._versions.setdefault(channel, {})
         return await self._request(frame)
 
     async def resume(self, other: Client) -> list[dict[str, Any]]:
@@ -214,8 +228,36 @@ class Client:
                 self._positions[channel] = Position(epoch, offset)
         elif kind == "unsubscribed":
             self._positions.pop(channel, None)
+            self._versions.pop(channel, None)
         elif known is not None and isinstance(offset, int) and offset > known.offset:
             self._positions[channel] = Position(known.epoch, offset)
+
+    def _stale(self, frame: dict[str, Any]) -> bool:
+        """True for an event of a snapshot channel that is not newer than what this client
+        has of its document; remembers the versions the snapshot and events give."""
+        channel = frame.get("channel")
+        versions = self._versions.get(channel) if isinstance(channel, str) else None
+        if versions is None:
+            return False
+        if frame.get("type") == "subscribed":
+            for item in frame.get("snapshot") or ():
+                data, version = item.get("data") or {}, item.get("version")
+                if isinstance(data.get("id"), str) and isinstance(version, int):
+                    versions[data["id"]] = max(version, versions.get(data["id"], 0))
+            return False
+        version, data = frame.get("version"), frame.get("data")
+        if not (isinstance(version, int) and isinstance(data, dict)):
+            return False
+        id = data.get("id")
+        if not isinstance(id, str):
+            return False
+        if versions.get(id, 0) >= version:
+            return True
+        if str(frame.get("type", "")).startswith("deleted_"):
+            versions.pop(id, None)  # gone: a document made again with this id starts over
+        else:
+            versions[id] = version
+        return False
 
     async def _read(self) -> None:
         while True:
@@ -224,6 +266,8 @@ class Client:
                 break
             frame = json.loads(message)
             self._track(frame)
+            if self._stale(frame):
+                continue
             id = frame.get("id")
             waiting = self._waiting.get(id) if isinstance(id, int) else None
             if waiting is not None and not waiting.done():

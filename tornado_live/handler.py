@@ -20,7 +20,7 @@ import tornado.web
 import tornado.websocket
 
 from . import protocol
-from .hub import Hub
+from .hub import Hub, Snapshot
 from .protocol import Id, Message, Position, ProtocolError, Refused, Subscribe
 from .transports import EventStream, WebSocket, cross_origin, headers_written
 
@@ -43,6 +43,10 @@ MAX_PENDING: Final = 1024 * 1024
 #: event stream's keep-alive comment). A peer that does not answer within
 #: ``live_ping_timeout`` seconds (default: the interval) is closed.
 PING_INTERVAL: Final = 30.0
+
+#: Items a snapshot holds at most (setting ``live_snapshot_limit``); a longer one is cut
+#: and says ``"more": true``.
+SNAPSHOT_LIMIT: Final = 1000
 
 #: Types a handler cannot declare: the protocol's own.
 RESERVED: Final = frozenset({"subscribe", "unsubscribe", *protocol.SERVER_TYPES})
@@ -118,9 +122,14 @@ class LiveMixin(_Base):
                 declared[type] = name
         cls._live_messages = declared
 
-    def initialize(self, hub: Hub) -> None:
-        """Called by Tornado with the route's keyword arguments: ``{"hub": hub}``."""
+    def _live_initialize(self, hub: Hub) -> None:
+        """Called by Tornado with the route's keyword arguments: ``{"hub": hub}``. Override
+        it with more arguments of your own (``def initialize(self, hub, users)``), calling
+        ``super().initialize(hub)``."""
         self.hub = hub
+
+    # As Tornado's RequestHandler does: an override may take other arguments.
+    initialize: Callable[..., None] = _live_initialize
 
     # -- policy hooks ---------------------------------------------------------------------
 
@@ -133,6 +142,25 @@ class LiveMixin(_Base):
         of your own. The default allows every channel.
         """
         return True
+
+    def snapshot(self, channel: str) -> Snapshot | Awaitable[Snapshot | None] | None:
+        """The current state of ``channel``, for a subscribe with ``"snapshot": true``, or
+        None if there is none (answered ``no_snapshot``). Override it for channels of your
+        own; may be plain or ``async``; call ``super()`` for the others.
+
+        Called after `can_subscribe` allowed the channel, and after the channel's position
+        was read, so that the state and the events after that position fit together. The
+        default asks the models bound to the hub (`Document.query` says which channels are
+        theirs), for at most ``live_snapshot_limit`` documents.
+        """
+        return self._live_sources(channel, self._setting("live_snapshot_limit", SNAPSHOT_LIMIT))
+
+    async def _live_sources(self, channel: str, limit: int) -> Snapshot | None:
+        for source in self.hub.sources:
+            state = await source.snapshot(channel, limit)
+            if state is not None:
+                return state
+        return None
 
     # -- settings ---------------------------------------------------------------------------
 
@@ -225,7 +253,7 @@ class LiveMixin(_Base):
                 await self._live_authorize(frame.channel, frame.id)
                 if self.ws_connection is not None:
                     await self._live_join(
-                        transport, frame.channel, frame.since, frame.epoch, frame.id
+                        transport, frame.channel, frame.since, frame.epoch, frame.id, frame.snapshot
                     )
             elif isinstance(frame, Message):
                 answer = await self._live_answer(frame)
@@ -273,6 +301,7 @@ class LiveMixin(_Base):
                 )
             channel = protocol.check_channel(channels[0])
             epoch = self.get_query_argument("epoch", None)
+            snapshot = self.get_query_argument("snapshot", "") in ("1", "true")
             last = self.request.headers.get("Last-Event-ID") or self.get_query_argument(
                 "since", None
             )
@@ -292,7 +321,7 @@ class LiveMixin(_Base):
             self.set_header("Cache-Control", "no-cache")
             self.set_header("X-Accel-Buffering", "no")  # nginx: pass each event on at once
             self._live = stream
-            await self._live_join(stream, channel, since, epoch, None)
+            await self._live_join(stream, channel, since, epoch, None, snapshot)
         except Refused as exc:
             self._live = None
             if not headers_written(self):
@@ -309,10 +338,34 @@ class LiveMixin(_Base):
         since: int | None,
         epoch: str | None,
         id: Id,
+        snapshot: bool = False,
     ) -> None:
         """Subscribe through the hub; a broker failure becomes an ``unavailable`` error."""
+
+        async def state() -> Snapshot:
+            found = self.snapshot(channel)
+            result = await found if inspect.isawaitable(found) else found
+            if result is None:
+                raise ProtocolError(
+                    "no_snapshot",
+                    f"{channel!r} has no snapshot; subscribe without one and load its state "
+                    "another way",
+                    id=id,
+                    channel=channel,
+                )
+            return result
+
         try:
-            await self.hub.subscribe(transport, channel, since=since, epoch=epoch, id=id)
+            await self.hub.subscribe(
+                transport,
+                channel,
+                since=since,
+                epoch=epoch,
+                id=id,
+                snapshot=state if snapshot else None,
+            )
+        except Refused:
+            raise
         except Exception as exc:
             log.exception("subscribing to %r failed", channel)
             raise ProtocolError(
@@ -424,6 +477,7 @@ __all__ = [
     "MAX_MESSAGE_SIZE",
     "MAX_PENDING",
     "PING_INTERVAL",
+    "SNAPSHOT_LIMIT",
     "STATIC_PATH",
     "LiveHandler",
     "LiveMixin",

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from . import protocol
@@ -41,6 +42,25 @@ class Connection(Hashable, Protocol):
     def reset(self, reason: str) -> None:
         """Events it subscribed to were lost: disconnect the client, so that it reconnects,
         resubscribes with ``since`` and is told ``recovered: false`` (and refetches)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A channel's current state, as a ``subscribe`` with ``"snapshot": true`` gets it:
+    ``items`` are ``{"version": <int>, "data": <public document>}``, ``more`` is True when
+    a limit cut the list short."""
+
+    items: list[dict[str, Any]]
+    more: bool = False
+
+
+class Source(Protocol):
+    """Something that can give a channel's snapshot: a bound model, say."""
+
+    async def snapshot(self, channel: str, limit: int) -> Snapshot | None:
+        """The state of ``channel`` (at most ``limit`` items), or None if it is not one of
+        this source's channels."""
         ...
 
 
@@ -70,11 +90,16 @@ class Hub:
         self._active: set[str] = set()  # channels this hub holds a broker subscription for
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        #: What serves snapshots of channels (models add themselves when they are bound).
+        self.sources: list[Source] = []
 
     # -- publishing ---------------------------------------------------------------------
 
-    async def publish(self, channel: str, type: str, data: Any = None) -> Event:
-        """Publish one event; return it with the position the broker gave it.
+    async def publish(
+        self, channel: str, type: str, data: Any = None, *, version: int | None = None
+    ) -> Event:
+        """Publish one event; return it with the position the broker gave it. ``version``
+        (a model's document version) is carried in the event frame as ``"version"``.
 
         Raises `ProtocolError` (a `ValueError`) for a bad channel or type, `TypeError`
         for data that is not JSON-serialisable, and `PublishError` when the broker could
@@ -82,7 +107,9 @@ class Hub:
         """
         protocol.check_channel(channel)
         protocol.check_type(type)
-        return await self.broker.publish(channel, type, protocol.encode_data(data))
+        if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+            raise TypeError(f"version must be an integer; got {version!r}")
+        return await self.broker.publish(channel, type, protocol.encode_data(data), version=version)
 
     # -- subscriptions ------------------------------------------------------------------
 
@@ -107,6 +134,7 @@ class Hub:
         since: int | None = None,
         epoch: str | None = None,
         id: Id = None,
+        snapshot: Callable[[], Awaitable[Snapshot]] | None = None,
     ) -> History:
         """Subscribe ``connection`` to ``channel`` and tell it so.
 
@@ -114,8 +142,13 @@ class Hub:
         given with the ``epoch`` it counts in, and still in history), the ``subscribed``
         frame, then every event published since, with none lost or doubled in between,
         and none at or below the position ``subscribed`` gave. ``since`` without
-        ``epoch`` is answered ``recovered: false``. Raises what the broker raises, in
-        which case the connection is left unsubscribed.
+        ``epoch`` is answered ``recovered: false``.
+
+        With ``snapshot``, unless ``since`` recovered, ``subscribed`` also carries the
+        channel's state: ``snapshot()`` is awaited *after* the position was read, so every
+        event at or below it is in the state, and every later one follows (a client drops
+        those the state already shows, by version). Raises what the broker or
+        ``snapshot()`` raises, in which case the connection is left unsubscribed.
         """
         member = _Member()
         members = self._members.setdefault(channel, {})
@@ -129,6 +162,9 @@ class Hub:
                 history = History((await self.broker.history(channel)).position, recovered=False)
             else:
                 history = await self.broker.history(channel, since, epoch)
+            state = None
+            if snapshot is not None and not (since is not None and history.recovered):
+                state = await snapshot()
         except BaseException:
             if members.get(connection) is member:
                 self._remove(connection, channel)
@@ -141,9 +177,15 @@ class Hub:
             connection.send(event.frame, event.position)
         position = history.position
         recovered = None if since is None else history.recovered
-        connection.send(
-            protocol.subscribed(channel, position, recovered=recovered, id=id), position
+        frame = protocol.subscribed(
+            channel,
+            position,
+            recovered=recovered,
+            id=id,
+            snapshot=None if state is None else state.items,
+            more=False if state is None else state.more,
         )
+        connection.send(frame, position)
         member.after = position
         member.held = None
         for event in held:

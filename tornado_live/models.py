@@ -1,86 +1,197 @@
-"""Live models: documents that broadcast ``created_<name>``/``updated_<name>``/``deleted_<name>``.
+"""Live models: documents whose every write is announced to the channels that show them.
 
-A model is a `Document` subclass decorated with `model`, bound at start-up to
-an async collection and a hub::
+One declaration, bound at start-up to an async collection and a hub::
 
-    @model("user", public=("name", "email"))
-    class User(Document):
-        pass
+    class Task(Document, name="task", public=("title", "done", "team", "assignee")):
+        def channels(self) -> list[str]:
+            return [f"teams/{self['team']}/tasks", f"tasks/{self.id}"]
 
-    User.bind(db.users, hub)          # a Motor or PyMongo async collection
-    user = User(name="Ada", email="ada@example.com", password_hash="...")
-    await user.save()                 # insert_one, then "created_user" to users, users/<id>
+    Tasks = Task.bind(db.tasks, hub)      # a Motor or PyMongo async collection
+    task = Tasks(title="Write docs", team="red", notes="private")
+    await task.save()                     # insert_one, then "created_task" to its channels
 
 The collection is used only through the method names Motor and PyMongo share
-(``insert_one``, ``replace_one``, ``delete_one``, ``find_one``, ``find``), so neither
-driver is imported here. Every event is published after the driver acknowledged the write,
-and a write that raises publishes nothing. Event data holds the ``id`` and the fields the
-model declares public, nothing else.
+(``insert_one``, ``replace_one``, ``find_one``, ``find``, ``find_one_and_update``,
+``find_one_and_delete``, ``create_index``), so neither driver is imported here.
+
+Every write goes through one of `Document.save`, `Document.patch`, `Document.delete`,
+`Document.find_one_and_update`, `Document.update_many` and `Document.delete_many`, or is
+announced afterwards with `Document.announce`. Each is published only after the driver
+acknowledged the write, to the channels the document left (``deleted_<name>``), entered
+(``created_<name>``) and stayed in (``updated_<name>``), with the document's version. A
+write that changes no public field and no channel publishes nothing (unless the model
+says ``announce_unchanged=True``). Every document carries ``_version``, incremented
+atomically by every write: a save of a stale copy raises `StaleError` and writes nothing.
 """
 
 from __future__ import annotations
 
+import copy
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from typing import Any, ClassVar, Protocol, Self, TypeVar
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final, Protocol, Self, cast
 
 from . import protocol
-from .hub import Hub
+from .hub import Hub, Snapshot
 from .protocol import LiveError
+
+#: The field holding a document's version (1 after its first save).
+VERSION: Final = "_version"
+#: Documents a multi-document write announces one by one; beyond it, one
+#: ``refetch_<name>`` event per affected channel tells pages to refetch.
+MANY: Final = 100
+#: Attempts of a read-then-conditional-write before a busy document gives `StaleError`.
+ATTEMPTS: Final = 5
 
 
 class Collection(Protocol):
-    """The part of a Motor ``AsyncIOMotorCollection`` / PyMongo ``AsyncCollection`` used here."""
+    """The part of a Motor ``AsyncIOMotorCollection`` / PyMongo ``AsyncCollection`` used."""
 
     async def insert_one(self, document: Any, /) -> Any: ...
     async def replace_one(self, filter: Any, replacement: Any, /) -> Any: ...
-    async def delete_one(self, filter: Any, /) -> Any: ...
     async def find_one(self, filter: Any, /) -> Any: ...
-    def find(self, filter: Any, /) -> Any: ...
+    def find(self, filter: Any, /, *args: Any, **kwargs: Any) -> Any: ...
+    async def find_one_and_update(
+        self, filter: Any, update: Any, /, *, return_document: bool
+    ) -> Any: ...
+    async def find_one_and_delete(self, filter: Any, /) -> Any: ...
+    async def update_many(self, filter: Any, update: Any, /) -> Any: ...
+    async def delete_many(self, filter: Any, /) -> Any: ...
+    async def create_index(self, keys: Any, /) -> Any: ...
 
 
 class UnboundError(LiveError, RuntimeError):
-    """A model was used before ``Model.bind(collection, hub)``."""
+    """A model was used before binding: use the class ``Model.bind(collection, hub)``
+    returns."""
+
+
+class StaleError(LiveError):
+    """The write was refused because the document changed since this copy was read (its
+    version moved on). Nothing was written and nothing published: reload and retry."""
+
+    def __init__(self, message: str, *, current: int | None = None) -> None:
+        super().__init__(message)
+        #: The stored document's version now (None if it was deleted).
+        self.current = current
+
+
+@dataclass(frozen=True, slots=True)
+class Declaration:
+    """What a model declares: its ``name`` (event types ``created_<name>``, ...), its
+    ``public`` fields, its collection ``channel``, the ``order`` of its snapshots, the
+    fields to ``index``, and whether writes that change nothing are announced."""
+
+    name: str
+    public: tuple[str, ...]
+    channel: str
+    order: tuple[tuple[str, int], ...]
+    index: tuple[str, ...]
+    announce_unchanged: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """Where a bound model lives: its collection and the hub that announces its writes."""
+
+    collection: Collection
+    hub: Hub
 
 
 class Document:
-    """Base class of live models: a dict of fields, saved to a collection, announced by a hub.
+    """Base class of live models: a dict of fields, stored in a collection, announced.
 
-    Fields are read and written like a dict (``user["name"]``, ``user.update(...)``);
-    ``user.id`` is the ``_id``. Override `public` to shape what events and your
-    API show, `new_id` / `parse_id` to use another kind of ``_id``.
+    Declare a model with class keywords::
+
+        class User(Document, name="user", public=("name", "email")): ...
+
+    ``name`` gives the event types (``created_user``, ``updated_user``,
+    ``deleted_user``); only ``id`` and the ``public`` fields ever leave the server.
+    ``channel`` (default ``name + "s"``) names the collection channel; ``order`` sorts
+    snapshots (default ``(("_id", 1),)``); ``index`` lists fields to index
+    (`create_indexes`); ``announce_unchanged=True`` announces writes that change no
+    public field too.
+
+    Fields are read and written like a dict (``user["name"]``); ``user.id`` is the
+    ``_id`` and ``user.version`` the ``_version``. Override `channels` to send a
+    document's events to channels computed from it, and `query` to say which documents a
+    channel's snapshot shows.
     """
 
-    name: ClassVar[str]
-    channel: ClassVar[str]
-    public_fields: ClassVar[tuple[str, ...]]
-    collection: ClassVar[Collection | None] = None
-    hub: ClassVar[Hub | None] = None
+    _live: ClassVar[Declaration]
+    _binding: ClassVar[Binding | None] = None
+
+    def __init_subclass__(
+        cls,
+        *,
+        name: str | None = None,
+        public: Iterable[str] | None = None,
+        channel: str | None = None,
+        order: Iterable[tuple[str, int]] | None = None,
+        index: Iterable[str] = (),
+        announce_unchanged: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init_subclass__(**kwargs)
+        if name is None:
+            if public is not None or channel is not None:
+                raise TypeError(f"{cls.__name__}: public= and channel= need name=")
+            return  # a subclass of a model (the class bind() makes, say) is that model
+        if not name:
+            raise ValueError('a model needs a name like "user"; got an empty string')
+        protocol.check_type(f"updated_{name}")
+        if public is None:
+            raise TypeError(f"{cls.__name__}: declare the public fields: public=(...)")
+        fields = (public,) if isinstance(public, str) else tuple(public)
+        for field in fields:
+            if not isinstance(field, str) or field in ("_id", VERSION):
+                raise ValueError(
+                    f"public fields must be field names other than _id and {VERSION}; got {field!r}"
+                )
+        cls._live = Declaration(
+            name,
+            fields,
+            protocol.check_channel(f"{name}s" if channel is None else channel),
+            tuple(order) if order is not None else (("_id", 1),),
+            (index,) if isinstance(index, str) else tuple(index),
+            announce_unchanged,
+        )
 
     def __init__(self, /, **fields: Any) -> None:
         self.fields: dict[str, Any] = fields
-        self.stored = False  # True once the document is known to be in the collection
+        self._stored: dict[str, Any] | None = None  # the document as last read or written
 
     # -- binding ------------------------------------------------------------------------
 
     @classmethod
-    def bind(cls, collection: Collection, hub: Hub) -> None:
-        """Use ``collection`` to store this model and ``hub`` to announce its changes."""
-        if "name" not in vars(cls):
-            raise TypeError(f"{cls.__name__} needs the @model(...) decorator before bind()")
-        cls.collection = collection
-        cls.hub = hub
+    def bind(cls, collection: Collection, hub: Hub) -> type[Self]:
+        """The model stored in ``collection`` and announced by ``hub``: a subclass to make,
+        find and write documents with. Call it at start-up and keep what it returns (two
+        applications in one process each bind their own)::
+
+            Users = User.bind(db.users, hub)
+            await Users(name="Ada").save()
+
+        It also lets ``hub`` serve snapshots of this model's channels.
+        """
+        if not hasattr(cls, "_live"):
+            raise TypeError(f"{cls.__name__} needs name= and public= before bind()")
+        bound = cast("type[Self]", type(cls.__name__, (cls,), {"__module__": cls.__module__}))
+        bound.__qualname__ = cls.__qualname__
+        bound._binding = Binding(collection, hub)
+        hub.sources.append(bound)
+        return bound
 
     @classmethod
-    def _bound(cls) -> tuple[Collection, Hub]:
-        if cls.collection is None or cls.hub is None:
+    def _bound(cls) -> Binding:
+        if cls._binding is None:
             raise UnboundError(
-                f"{cls.__name__} is not bound: call {cls.__name__}.bind(collection, hub) "
-                "at start-up"
+                f"{cls.__name__} is not bound: use the class "
+                f"{cls.__name__}.bind(collection, hub) returns"
             )
-        return cls.collection, cls.hub
+        return cls._binding
 
-    # -- ids ----------------------------------------------------------------------------
+    # -- ids, fields, channels ------------------------------------------------------------
 
     @classmethod
     def new_id(cls) -> Any:
@@ -106,7 +217,16 @@ class Document:
         """The document's ``_id`` (None before its first save)."""
         return self.fields.get("_id")
 
-    # -- fields -------------------------------------------------------------------------
+    @property
+    def version(self) -> int | None:
+        """The document's version as this copy knows it (None before its first save)."""
+        value = self.fields.get(VERSION)
+        return value if isinstance(value, int) else None
+
+    @property
+    def stored(self) -> bool:
+        """True once this copy is known to be in the collection."""
+        return self._stored is not None
 
     def __getitem__(self, key: str) -> Any:
         return self.fields[key]
@@ -120,110 +240,386 @@ class Document:
     def __iter__(self) -> Iterator[str]:
         return iter(self.fields)
 
-    def update(self, fields: Mapping[str, Any] = {}, /, **more: Any) -> None:
-        """Set several fields at once (``_id`` cannot change)."""
-        changes = {**fields, **more}
-        if "_id" in changes and self.stored and changes["_id"] != self.id:
-            raise ValueError("the _id of a stored document cannot change")
-        self.fields.update(changes)
-
     def public(self) -> dict[str, Any]:
         """What clients may see: ``id`` (as a string) and the declared public fields."""
         shown: dict[str, Any] = {"id": None if self.id is None else str(self.id)}
-        for key in self.public_fields:
+        for key in self._live.public:
             if key in self.fields:
                 shown[key] = self.fields[key]
         return shown
 
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.id!s}>"
+    def channels(self) -> Sequence[str]:
+        """The channels this document's events go to. Override to compute them from the
+        document (``[f"teams/{self['team']}/tasks", f"tasks/{self.id}"]``); the default
+        is the collection channel and ``<channel>/<id>``."""
+        return (self._live.channel, f"{self._live.channel}/{self.id}")
 
-    # -- persistence --------------------------------------------------------------------
+    @classmethod
+    def query(cls, channel: str) -> dict[str, Any] | None:
+        """The filter of the documents ``channel``'s snapshot shows, or None if the channel
+        is not this model's. Override it with `channels`; the default answers the
+        collection channel (every document) and ``<channel>/<id>`` (that one)."""
+        base = cls._live.channel
+        if channel == base:
+            return {}
+        head, _, rest = channel.rpartition("/")
+        if head == base and rest:
+            return {"_id": cls.parse_id(rest)}
+        return None
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.id!s} v{self.version}>"
+
+    # -- reading --------------------------------------------------------------------------
 
     @classmethod
     def _load(cls, document: Mapping[str, Any]) -> Self:
         loaded = cls(**document)
-        loaded.stored = True
+        loaded._stored = copy.deepcopy(dict(document))
         return loaded
 
     @classmethod
     async def get(cls, id: Any) -> Self | None:
         """The document with this ``_id`` (a string is passed through `parse_id`)."""
-        collection, _ = cls._bound()
-        found = await collection.find_one({"_id": cls.parse_id(id) if isinstance(id, str) else id})
+        found = await cls._bound().collection.find_one(
+            {"_id": cls.parse_id(id) if isinstance(id, str) else id}
+        )
         return None if found is None else cls._load(found)
 
     @classmethod
-    async def find(cls, filter: Mapping[str, Any] | None = None) -> list[Self]:
-        """All documents matching ``filter`` (every document by default)."""
-        collection, _ = cls._bound()
-        return [cls._load(document) async for document in collection.find(dict(filter or {}))]
+    async def find(
+        cls,
+        filter: Mapping[str, Any] | None = None,
+        *,
+        sort: Sequence[tuple[str, int]] | None = None,
+        limit: int = 0,
+        skip: int = 0,
+    ) -> list[Self]:
+        """The documents matching ``filter`` (all by default), sorted by ``sort`` (a list
+        of ``(field, 1 or -1)``), at most ``limit`` of them (0: no limit) after ``skip``."""
+        cursor = cls._bound().collection.find(
+            dict(filter or {}), sort=list(sort) if sort else None, limit=limit, skip=skip
+        )
+        return [cls._load(document) async for document in cursor]
+
+    @classmethod
+    async def snapshot(cls, channel: str, limit: int) -> Snapshot | None:
+        """A channel's snapshot, if ``channel`` is this model's (see `query`): at most
+        ``limit`` public documents in the model's ``order``, with their versions."""
+        filter = cls.query(channel)
+        if filter is None:
+            return None
+        projection = None
+        if cls.public is Document.public:  # only the public fields need to be read
+            projection = {field: 1 for field in cls._live.public} | {VERSION: 1}
+        cursor = cls._bound().collection.find(
+            filter, projection, sort=list(cls._live.order), limit=limit + 1
+        )
+        items = []
+        async for document in cursor:
+            loaded = cls._load(document)
+            items.append({"version": loaded.version, "data": loaded.public()})
+        return Snapshot(items[:limit], more=len(items) > limit)
+
+    @classmethod
+    async def create_indexes(cls) -> None:
+        """Create the indexes the model declares (``index=``); call it at start-up."""
+        collection = cls._bound().collection
+        for field in cls._live.index:
+            await collection.create_index(field)
+
+    # -- writing --------------------------------------------------------------------------
 
     async def save(self) -> Self:
         """Insert (first save) or replace the document, then announce it.
 
-        Publishes ``created_<name>`` or ``updated_<name>`` to the model's channel and to
-        ``<channel>/<id>`` once the driver acknowledged the write. If the write raises
-        (a duplicate key, say), nothing is published and the error propagates. Raises
-        `LookupError` if a stored document was deleted meanwhile.
+        A stored copy is replaced only if the document is still at the version this copy
+        was read at; otherwise `StaleError` is raised and nothing is written (or
+        `LookupError`, if it was deleted meanwhile). The announcement follows the
+        acknowledged write; a write that raises (a duplicate key, say) publishes nothing.
         """
-        collection, hub = self._bound()
-        if not self.stored and self.id is None:
-            self.fields["_id"] = self.new_id()
-        announce = self._announcement("updated" if self.stored else "created", self.public())
-        if self.stored:
-            result = await collection.replace_one({"_id": self.id}, self.fields)
+        binding = self._bound()
+        if self._stored is None:
+            if self.id is None:
+                self.fields["_id"] = self.new_id()
+            self.fields[VERSION] = 1
+            self._check(self)
+            _acknowledged(await binding.collection.insert_one(self.fields))
+            await self._announce(None, self)
+        else:
+            before = type(self)._load(self._stored)
+            version = before.version
+            after = dict(self.fields, _id=before.id)
+            after[VERSION] = (version or 0) + 1
+            self._check(type(self)(**after))
+            result = await binding.collection.replace_one(
+                {"_id": before.id, VERSION: version}, after
+            )
             _acknowledged(result)
             if result.matched_count == 0:
-                raise LookupError(f"{self.name} {self.id} no longer exists; nothing was saved")
-        else:
-            _acknowledged(await collection.insert_one(self.fields))
-            self.stored = True
-        await announce(hub)
+                await self._refused(before.id, version)
+            self.fields = after
+            await self._announce(before, self)
+        self._stored = copy.deepcopy(self.fields)
         return self
 
-    async def delete(self) -> bool:
-        """Delete the document and announce ``deleted_<name>`` with its ``id``.
+    async def patch(self, fields: Mapping[str, Any], *, version: int | None = None) -> Self:
+        """Set only these ``fields`` in the stored document (never the others), then
+        announce it as the database returned it; this copy becomes that document.
 
-        Returns False (and announces nothing) if it was not in the collection.
+        With ``version``, the write happens only if the document is still at that version
+        (an HTTP ``If-Match``), else `StaleError`. Raises `LookupError` if it is gone.
         """
-        collection, hub = self._bound()
+        changes = dict(fields)
+        if "_id" in changes or VERSION in changes:
+            raise ValueError(f"patch() cannot set _id or {VERSION}")
+        if self.id is None:
+            raise LookupError(f"{self._live.name} was never saved; save() it first")
+        if not changes:
+            return self  # nothing to write, nothing to announce
+        written = await type(self)._modify(
+            {"_id": self.id}, {"$set": changes}, version=version, check=changes
+        )
+        if written is None:
+            raise LookupError(f"{self._live.name} {self.id} no longer exists; nothing was saved")
+        self.fields, self._stored = written.fields, written._stored
+        return self
+
+    async def delete(self, *, version: int | None = None) -> bool:
+        """Delete the document and announce ``deleted_<name>`` with its ``id`` to the
+        channels it was in. Returns False (announcing nothing) if it was not stored. With
+        ``version``, only if it is still at that version, else `StaleError`."""
         if self.id is None:
             return False  # never saved
-        announce = self._announcement("deleted", {"id": str(self.id)})
-        result = await collection.delete_one({"_id": self.id})
-        _acknowledged(result)
-        self.stored = False
-        if result.deleted_count == 0:
+        cls = type(self)
+        filter: dict[str, Any] = {"_id": self.id}
+        if version is not None:
+            filter[VERSION] = version
+        found = await cls._bound().collection.find_one_and_delete(filter)
+        self._stored = None
+        if found is None:
+            if version is not None and await cls._bound().collection.find_one({"_id": self.id}):
+                raise StaleError(f"{self._live.name} {self.id} is not at version {version}")
             return False
-        await announce(hub)
+        await cls._announce(cls._load(found), None)
         return True
 
-    def _announcement(self, kind: str, data: dict[str, Any]) -> Callable[[Hub], Awaitable[None]]:
-        """Check everything the events need *before* the write, so that a document whose
-        id cannot name a channel, or whose public fields are not JSON, is refused with
-        nothing written and nothing published. Returns what publishes them afterwards."""
-        event = f"{kind}_{self.name}"
-        channels = (self.channel, f"{self.channel}/{self.id}")
+    @classmethod
+    async def find_one_and_update(
+        cls, filter: Mapping[str, Any], update: Mapping[str, Any]
+    ) -> Self | None:
+        """Update one document matching ``filter`` with MongoDB's operators (``$set``,
+        ``$inc``, ...) atomically, and announce it as the database returned it. None (and
+        nothing written) if no document matches: a conditional claim is
+        ``find_one_and_update({"_id": id, "assignee": None}, {"$set": {"assignee": me}})``.
+        """
+        return await cls._modify(dict(filter), dict(update))
+
+    @classmethod
+    async def update_many(cls, filter: Mapping[str, Any], update: Mapping[str, Any]) -> int:
+        """Update every document matching ``filter`` now; how many were updated.
+
+        Up to `MANY` documents are written one by one (each atomically, conditional on its
+        version) and announced each; beyond that the rest are written together and one
+        ``refetch_<name>`` event goes to each channel they were or are in.
+        """
+        matched = await cls._ids(filter)
+        written = 0
+        for id in matched[:MANY]:
+            if await cls._modify({**filter, "_id": id}, dict(update)) is not None:
+                written += 1
+        rest = matched[MANY:]
+        if rest:
+            chosen = {"$and": [dict(filter), {"_id": {"$in": rest}}]}
+            before = await cls.find(chosen)
+            result = await cls._bound().collection.update_many(chosen, _with_version(dict(update)))
+            _acknowledged(result)
+            after = await cls.find({"_id": {"$in": rest}})
+            written += result.modified_count
+            await cls._refetch([*before, *after], "updated")
+        return written
+
+    @classmethod
+    async def delete_many(cls, filter: Mapping[str, Any]) -> int:
+        """Delete every document matching ``filter`` now; how many were deleted. Up to
+        `MANY` are deleted and announced one by one; beyond that, one ``refetch_<name>``
+        event goes to each channel the rest were in."""
+        collection = cls._bound().collection
+        matched = await cls._ids(filter)
+        deleted = 0
+        for id in matched[:MANY]:
+            found = await collection.find_one_and_delete({**filter, "_id": id})
+            if found is not None:
+                deleted += 1
+                await cls._announce(cls._load(found), None)
+        rest = matched[MANY:]
+        if rest:
+            chosen = {"$and": [dict(filter), {"_id": {"$in": rest}}]}
+            before = await cls.find(chosen)
+            result = await collection.delete_many(chosen)
+            _acknowledged(result)
+            deleted += result.deleted_count
+            await cls._refetch(before, "deleted")
+        return deleted
+
+    @classmethod
+    async def announce(cls, id: Any, *, before: Mapping[str, Any] | None = None) -> Self:
+        """Announce a document that code outside the model wrote (a script, another
+        service): its version is incremented and ``updated_<name>`` goes to its channels.
+        Pass the document as it was ``before`` that write so that a move is announced to
+        the channels it left. Raises `LookupError` if it is not stored (announce a
+        deletion with ``delete`` instead)."""
+        key = cls.parse_id(id) if isinstance(id, str) else id
+        written = await cls._modify({"_id": key}, {}, force=True, before=before)
+        if written is None:
+            raise LookupError(f"{cls._live.name} {id} is not stored; nothing was announced")
+        return written
+
+    # -- internals ----------------------------------------------------------------------
+
+    @classmethod
+    async def _modify(
+        cls,
+        filter: dict[str, Any],
+        update: dict[str, Any],
+        *,
+        version: int | None = None,
+        check: Mapping[str, Any] | None = None,
+        force: bool = False,
+        before: Mapping[str, Any] | None = None,
+    ) -> Self | None:
+        """Read the document, write it conditional on its version, announce: the written
+        document, or None if none matches. The read gives the exact ``before`` (its
+        channels and public fields); a concurrent write makes the conditional write miss,
+        and it is tried again (`ATTEMPTS` times), or refused if ``version`` was asked."""
+        collection = cls._bound().collection
+        for _ in range(ATTEMPTS):
+            current = await collection.find_one(
+                filter if version is None else {**filter, VERSION: version}
+            )
+            if current is None:
+                if version is not None:
+                    await cls._refused(filter.get("_id"), version, missing_is_none=True)
+                return None
+            old = cls._load(current)
+            if check is not None:
+                cls._check(cls(**{**current, **check}))
+            found = await collection.find_one_and_update(
+                {**filter, "_id": old.id, VERSION: old.version},
+                _with_version(update),
+                return_document=True,  # pymongo's ReturnDocument.AFTER
+            )
+            if found is None:
+                if version is not None:
+                    await cls._refused(old.id, version)
+                continue  # someone wrote it meanwhile: read it again
+            written = cls._load(found)
+            cls._check(written, "the write stands, but it was not announced")
+            await cls._announce(cls._load(before) if before is not None else old, written, force)
+            return written
+        raise StaleError(
+            f"{cls._live.name} {filter.get('_id')} kept changing during {ATTEMPTS} attempts; "
+            "nothing was written"
+        )
+
+    @classmethod
+    async def _refused(cls, id: Any, version: int | None, *, missing_is_none: bool = False) -> None:
+        """Raise why a write conditional on ``version`` missed: stale, or deleted."""
+        now = await cls._bound().collection.find_one({"_id": id})
+        if now is None:
+            if missing_is_none:
+                return
+            raise LookupError(f"{cls._live.name} {id} no longer exists; nothing was saved")
+        current = now.get(VERSION)
+        raise StaleError(
+            f"{cls._live.name} {id} is at version {current}, not {version}: it changed since "
+            "this copy was read; nothing was written",
+            current=current if isinstance(current, int) else None,
+        )
+
+    @classmethod
+    async def _ids(cls, filter: Mapping[str, Any]) -> list[Any]:
+        cursor = cls._bound().collection.find(dict(filter), {"_id": 1}, sort=[("_id", 1)])
+        return [document["_id"] async for document in cursor]
+
+    @classmethod
+    def _check(cls, document: Document, fate: str = "nothing was written") -> None:
+        """Refuse a document whose channels are not valid channel names or whose public
+        fields are not JSON (before the write, wherever the write's result is known)."""
         try:
-            protocol.check_channel(channels[1])
+            for channel in document.channels():
+                protocol.check_channel(channel)
         except ValueError as exc:
             raise ValueError(
-                f"{self.name} id {self.id!r} cannot name a channel ({exc}); nothing was written"
+                f"{cls._live.name} {document.id!r}: its channels are not valid ({exc}); {fate}"
             ) from None
         try:
-            protocol.encode_data(data)
+            protocol.encode_data(document.public())
         except (TypeError, ValueError) as exc:
             raise type(exc)(
-                f"{self.name} {self.id}: public fields must be JSON-serialisable ({exc}); "
-                "override public() to convert them; nothing was written"
+                f"{cls._live.name} {document.id}: public fields must be JSON-serialisable "
+                f"({exc}); override public() to convert them; {fate}"
             ) from None
 
-        async def announce(hub: Hub) -> None:
-            for channel in channels:
-                await hub.publish(channel, event, data)
+    @classmethod
+    async def _announce(
+        cls, before: Document | None, after: Document | None, force: bool = False
+    ) -> None:
+        """Publish a write: ``deleted_`` to the channels left, ``created_`` to those
+        entered, ``updated_`` to those kept (when a public field changed, or ``force``)."""
+        hub = cls._bound().hub
+        name = cls._live.name
+        old = list(before.channels()) if before is not None else []
+        new = list(after.channels()) if after is not None else []
+        if after is not None:
+            version = after.version
+        else:
+            assert before is not None
+            version = (before.version or 0) + 1
+        if after is None:
+            assert before is not None
+            gone = {"id": str(before.id)}
+            for channel in old:
+                await hub.publish(channel, f"deleted_{name}", gone, version=version)
+            return
+        data = after.public()
+        changed = force or cls._live.announce_unchanged
+        changed = changed or before is None or before.public() != data
+        for channel in old:
+            if channel not in new:
+                await hub.publish(
+                    channel, f"deleted_{name}", {"id": str(after.id)}, version=version
+                )
+        for channel in new:
+            if channel not in old:
+                await hub.publish(channel, f"created_{name}", data, version=version)
+            elif changed:
+                await hub.publish(channel, f"updated_{name}", data, version=version)
 
-        return announce
+    @classmethod
+    async def _refetch(cls, documents: Iterable[Document], reason: str) -> None:
+        hub = cls._bound().hub
+        channels = list(dict.fromkeys(c for document in documents for c in document.channels()))
+        for channel in channels:
+            await hub.publish(
+                channel,
+                f"refetch_{cls._live.name}",
+                {"reason": f"more than {MANY} documents were {reason} at once"},
+            )
+
+
+def _with_version(update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` that also increments the version (and never sets ``_id``/``_version``)."""
+    for operator, fields in update.items():
+        if not operator.startswith("$"):
+            raise ValueError(
+                f"an update uses MongoDB's operators ($set, $inc, ...); got {operator!r}"
+            )
+        if isinstance(fields, Mapping) and ("_id" in fields or VERSION in fields):
+            raise ValueError(f"an update cannot change _id or {VERSION}")
+    increments = dict(update.get("$inc", {}))
+    increments[VERSION] = 1
+    return {**update, "$inc": increments}
 
 
 def _acknowledged(result: Any) -> None:
@@ -234,37 +630,14 @@ def _acknowledged(result: Any) -> None:
         )
 
 
-D = TypeVar("D", bound=Document)
-
-
-def model(
-    name: str, *, public: Iterable[str], channel: str | None = None
-) -> Callable[[type[D]], type[D]]:
-    """Class decorator making a `Document` subclass a live model.
-
-    ``name`` gives the event types (``created_<name>``, ``updated_<name>``,
-    ``deleted_<name>``); ``channel`` defaults to ``name + "s"`` (``users``), and each
-    document also has ``<channel>/<id>``. Only the ``public`` fields (and ``id``) ever
-    appear in events.
-    """
-    if not name:
-        raise ValueError('a model needs a name like "user"; got an empty string')
-    protocol.check_type(f"updated_{name}")
-    channel = protocol.check_channel(f"{name}s" if channel is None else channel)
-    fields = (public,) if isinstance(public, str) else tuple(public)
-    for field in fields:
-        if not isinstance(field, str) or field == "_id":
-            raise ValueError(f"public fields must be field names other than _id; got {field!r}")
-
-    def decorate(cls: type[D]) -> type[D]:
-        if not (isinstance(cls, type) and issubclass(cls, Document)):
-            raise TypeError(f"@model(...) decorates a Document subclass, not {cls!r}")
-        cls.name = name
-        cls.channel = channel
-        cls.public_fields = fields
-        return cls
-
-    return decorate
-
-
-__all__ = ["Collection", "Document", "UnboundError", "model"]
+__all__ = [
+    "ATTEMPTS",
+    "MANY",
+    "VERSION",
+    "Binding",
+    "Collection",
+    "Declaration",
+    "Document",
+    "StaleError",
+    "UnboundError",
+]

@@ -107,12 +107,14 @@ class Position:
 
 @dataclass(frozen=True, slots=True)
 class Subscribe:
-    """``{"type": "subscribe", "channel": ..., "since": ..., "epoch": ..., "id": ...}``"""
+    """``{"type": "subscribe", "channel": ..., "since": ..., "epoch": ..., "id": ...,
+    "snapshot": true}``"""
 
     channel: str
     since: int | None = None
     epoch: str | None = None
     id: Id = None
+    snapshot: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +142,8 @@ class Event:
     """One published event: what the broker carries and every subscriber receives.
 
     ``position`` is where it stands in its channel (its epoch and offset), ``data`` its
-    payload already encoded as JSON, and ``frame`` the whole server frame, built once
+    payload already encoded as JSON, ``version`` the version of the document it
+    announces (None for other events), and ``frame`` the whole server frame, built once
     here so that fan-out hands the same bytes to every connection.
     """
 
@@ -148,6 +151,7 @@ class Event:
     type: str
     position: Position
     data: bytes
+    version: int | None = None
     frame: bytes = field(init=False, repr=False, compare=False)
 
     @property
@@ -164,6 +168,7 @@ class Event:
                 _dumps(self.channel),
                 b',"offset":',
                 str(self.position.offset).encode(),
+                b"" if self.version is None else b',"version":%d' % self.version,
                 b',"data":',
                 self.data,
                 b"}",
@@ -279,7 +284,15 @@ def parse(text: str | bytes) -> Frame:
                 id=id,
                 channel=channel,
             )
-        return Subscribe(channel, since, epoch, id)
+        snapshot = value.get("snapshot", False)
+        if not isinstance(snapshot, bool):
+            raise ProtocolError(
+                "invalid_snapshot",
+                f'"snapshot" must be true or false; got {_describe(snapshot)}',
+                id=id,
+                channel=channel,
+            )
+        return Subscribe(channel, since, epoch, id, snapshot)
     if kind == "unsubscribe":
         return Unsubscribe(check_channel(value.get("channel"), id=id), id)
     if kind in SERVER_TYPES:
@@ -308,15 +321,26 @@ def error(code: str, message: str, *, id: Id = None, channel: str | None = None)
 
 
 def subscribed(
-    channel: str, position: Position, *, recovered: bool | None = None, id: Id = None
+    channel: str,
+    position: Position,
+    *,
+    recovered: bool | None = None,
+    id: Id = None,
+    snapshot: Any = None,
+    more: bool = False,
 ) -> bytes:
     """``{"type": "subscribed", "channel": ..., "offset": ..., "epoch": ...}``.
 
-    ``recovered`` is present only when the client asked for recovery with ``since``.
+    ``recovered`` is present only when the client asked for recovery with ``since``;
+    ``snapshot`` (a list of ``{"version": ..., "data": ...}``) and ``more`` only when it
+    asked for a snapshot and got one.
     """
     frame: dict[str, Any] = {"type": "subscribed", "channel": channel}
     frame["offset"] = position.offset
     frame["epoch"] = position.epoch
+    if snapshot is not None:
+        frame["snapshot"] = snapshot
+        frame["more"] = more
     if recovered is not None:
         frame["recovered"] = recovered
     return encode(_with(frame, id))

@@ -64,8 +64,11 @@ class History:
 class Broker(Protocol):
     """What the hub needs from a broker. See the module docstring for the contract."""
 
-    async def publish(self, channel: str, type: str, data: bytes) -> Event:
-        """Store and deliver one event; ``data`` is its JSON-encoded payload."""
+    async def publish(
+        self, channel: str, type: str, data: bytes, *, version: int | None = None
+    ) -> Event:
+        """Store and deliver one event; ``data`` is its JSON-encoded payload, ``version``
+        the version of the document it announces (carried to every subscriber)."""
         ...
 
     async def subscribe(self, channel: str, deliver: Deliver, gap: Gap) -> None:

@@ -81,10 +81,12 @@ class MemoryBroker:
         while events and (events[0][0] < deadline or len(events) > self.limit):
             events.popleft()
 
-    async def publish(self, channel: str, type: str, data: bytes) -> Event:
+    async def publish(
+        self, channel: str, type: str, data: bytes, *, version: int | None = None
+    ) -> Event:
         state = self._channel(channel)
         state.offset += 1
-        event = Event(channel, type, Position(state.epoch, state.offset), data)
+        event = Event(channel, type, Position(state.epoch, state.offset), data, version)
         if self.limit:
             state.events.append((time.monotonic(), event))
             self._expire(state)

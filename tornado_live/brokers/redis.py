@@ -10,7 +10,8 @@ Cluster they share one slot (``live`` is the default ``prefix``)::
     live:{users}:offset   the channel's last offset (an integer; INCR)
     live:{users}:epoch    the life of the channel's history (a random token)
     live:{users}:events   the history: a stream whose entry IDs are ``<offset>-0``, with
-                          the fields ``type``, ``data`` and ``time`` (Redis's clock, in µs)
+                          the fields ``type``, ``data``, ``time`` (Redis's clock, in µs)
+                          and ``version`` (the document's, or ``-``)
 
 and events are published on the pub/sub channel ``live:{users}``.
 
@@ -32,8 +33,9 @@ and identical in every process, and an event is never published without being st
    used (published to, or asked for its position), which bounds what idle channels cost.
    Within a live stream, entries older than ``ttl`` are refused at read time by their
    ``time`` field (stream IDs are offsets, not times, so ``XADD MINID`` cannot do it).
-4. ``PUBLISH`` the payload ``<epoch> <offset> <type> <data>`` (``data`` is the event's
-   JSON; the other three never contain a space), and return the epoch and offset.
+4. ``PUBLISH`` the payload ``<epoch> <offset> <version> <type> <data>`` (``data`` is the
+   event's JSON, ``version`` a number or ``-``; the others never contain a space), and
+   return the epoch and offset.
 
 Reading history
 ---------------
@@ -114,15 +116,17 @@ PUBLISH: Final = (
     _ENSURE
     + """
 -- ARGV[3]: pub/sub channel, ARGV[4]: type, ARGV[5]: data, ARGV[6]: history, ARGV[7]: ttl (ms)
+-- ARGV[8]: version ('-' for none)
 local offset = redis.call('INCR', KEYS[1])
 if tonumber(ARGV[6]) > 0 then
   local now = redis.call('TIME')
   local time = now[1] .. string.format('%06d', tonumber(now[2]))
   redis.call('XADD', KEYS[3], 'MAXLEN', ARGV[6], offset .. '-0',
-             'type', ARGV[4], 'data', ARGV[5], 'time', time)
+             'type', ARGV[4], 'data', ARGV[5], 'time', time, 'version', ARGV[8])
   redis.call('PEXPIRE', KEYS[3], ARGV[7])
 end
-redis.call('PUBLISH', ARGV[3], epoch .. ' ' .. offset .. ' ' .. ARGV[4] .. ' ' .. ARGV[5])
+redis.call('PUBLISH', ARGV[3],
+           epoch .. ' ' .. offset .. ' ' .. ARGV[8] .. ' ' .. ARGV[4] .. ' ' .. ARGV[5])
 return {epoch, offset}
 """
 )
@@ -261,7 +265,9 @@ class RedisBroker:
 
     # -- the Broker protocol ----------------------------------------------------------------
 
-    async def publish(self, channel: str, type: str, data: bytes) -> Event:
+    async def publish(
+        self, channel: str, type: str, data: bytes, *, version: int | None = None
+    ) -> Event:
         # The payload and the keys rely on these: no spaces, no braces.
         check_channel(channel)
         check_type(type)
@@ -278,6 +284,7 @@ class RedisBroker:
                     data,
                     self.limit,
                     self._ms(self.ttl),
+                    "-" if version is None else int(version),
                 ],
             )
         except Exception as exc:
@@ -292,7 +299,7 @@ class RedisBroker:
                 f"could not publish {type!r} on {channel!r}: Redis at {self.where} failed "
                 f"({_name(exc)}: {exc}); {fate}"
             ) from exc
-        return Event(channel, type, Position(life.decode(), int(offset)), data)
+        return Event(channel, type, Position(life.decode(), int(offset)), data, version)
 
     async def subscribe(self, channel: str, deliver: Deliver, gap: Gap) -> None:
         check_channel(channel)
@@ -388,7 +395,11 @@ class RedisBroker:
             return History(position, recovered=False)
         events = [
             Event(
-                channel, fields[1].decode(), Position(epoch, int(id.partition(b"-")[0])), fields[3]
+                channel,
+                fields[1].decode(),
+                Position(epoch, int(id.partition(b"-")[0])),
+                fields[3],
+                _version(fields[7]) if len(fields) > 7 else None,
             )
             for id, fields in reply[3]
         ]
@@ -557,8 +568,9 @@ class RedisBroker:
     def _receive(self, state: _Channel, message: dict[str, Any]) -> bool:
         """Deliver one published event; False if events before it are missing."""
         try:
-            epoch, offset, type, data = message["data"].split(b" ", 3)
-            event = Event(state.name, type.decode(), Position(epoch.decode(), int(offset)), data)
+            epoch, offset, version, type, data = message["data"].split(b" ", 4)
+            position = Position(epoch.decode(), int(offset))
+            event = Event(state.name, type.decode(), position, data, _version(version))
         except ValueError:
             log.error(
                 "ignored a malformed message on %r: %.80r", message["channel"], message["data"]
@@ -622,6 +634,10 @@ class RedisBroker:
                 gap(state.name, position)
             except Exception:
                 log.exception("a gap callback of %r failed", state.name)
+
+
+def _version(text: bytes) -> int | None:
+    return None if text == b"-" else int(text)
 
 
 def _name(exc: BaseException) -> str:
