@@ -189,6 +189,21 @@ async def test_two_hubs_sharing_a_broker_see_the_same_offsets(make_broker: MakeB
     assert [e.frame for e in events_a] == [e.frame for e in events_b]
 
 
+@pytest.mark.gen_test
+async def test_a_version_travels_with_its_event(make_broker: MakeBroker) -> None:
+    broker = make_broker()
+    inbox = Inbox()
+    await broker.subscribe("users", inbox, inbox.gap)
+    published = await broker.publish("users", "updated_user", b'{"id":"1"}', version=7)
+    plain = await broker.publish("users", "said", b"{}")
+    assert (published.version, plain.version) == (7, None)
+    delivered = await inbox.wait(2)
+    assert [(e.version, e.frame) for e in delivered] == [(7, published.frame), (None, plain.frame)]
+    assert b'"version":7' in published.frame
+    kept = (await broker.history("users", since=0)).events
+    assert [(e.version, e.frame) for e in kept] == [(7, published.frame), (None, plain.frame)]
+
+
 async def lose(broker: Broker, channel: str, request: pytest.FixtureRequest) -> None:
     """Make ``broker`` lose ``channel``'s history for good, as a flushed Redis would."""
     if isinstance(broker, MemoryBroker):

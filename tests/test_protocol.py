@@ -25,6 +25,8 @@ def test_subscribe_with_everything() -> None:
         '{"type":"subscribe","channel":"users/42","since":7,"epoch":"e1","id":3}'
     )
     assert frame == Subscribe("users/42", since=7, epoch="e1", id=3)
+    asked = protocol.parse('{"type":"subscribe","channel":"users","snapshot":true}')
+    assert asked == Subscribe("users", snapshot=True)
 
 
 def test_unsubscribe_and_message() -> None:
@@ -57,6 +59,7 @@ def test_unsubscribe_and_message() -> None:
         ('{"type": "subscribe", "channel": "users", "since": "3"}', "invalid_since"),
         ('{"type": "subscribe", "channel": "users", "since": true}', "invalid_since"),
         ('{"type": "subscribe", "channel": "users", "epoch": 4}', "invalid_epoch"),
+        ('{"type": "subscribe", "channel": "users", "snapshot": 1}', "invalid_snapshot"),
         ('{"type": "unsubscribe", "channel": 1}', "invalid_channel"),
         ('{"type": "error"}', "unknown_type"),
         ('{"type": "reply", "id": 1}', "unknown_type"),
@@ -171,3 +174,16 @@ def test_every_error_is_a_live_error() -> None:
     }
     with pytest.raises(ValueError, match="lower-case word"):
         Refused("Not A Code", "x")
+
+
+def test_a_subscribed_frame_may_carry_a_snapshot() -> None:
+    items = [{"version": 2, "data": {"id": "1"}}]
+    frame = protocol.subscribed("users", Position("e", 4), snapshot=items, more=True)
+    assert json.loads(frame) == {
+        "type": "subscribed",
+        "channel": "users",
+        "offset": 4,
+        "epoch": "e",
+        "snapshot": items,
+        "more": True,
+    }

@@ -156,7 +156,7 @@ async def test_keys_share_the_channels_hash_tag_are_bounded_and_expire(
         assert [id for id, _ in entries] == [b"3-0", b"4-0", b"5-0"]  # MAXLEN 3, exactly
         fields = entries[0][1] or {}
         assert (fields[b"type"], json.loads(fields[b"data"])) == (b"updated_user", {"n": 2})
-        assert set(fields) == {b"type", b"data", b"time"}
+        assert set(fields) == {b"type", b"data", b"time", b"version"}
         assert 0 < await admin.pttl(f"{base}:events") <= 60_000  # ttl
         for key in ("epoch", "offset"):  # retention: a day by default
             assert 60_000 < await admin.pttl(f"{base}:{key}") <= 86_400_000
@@ -249,7 +249,7 @@ async def test_a_message_that_skips_offsets_brings_the_missing_ones_from_history
             data, time = f'{{"n":{offset}}}', f"{seconds}{micros:06d}"
             fields: dict[Any, Any] = {"type": "updated_user", "data": data, "time": time}
             await admin.xadd(f"{base}:events", fields, id=f"{offset}-0")
-        await admin.publish(base, f'{epoch} 3 updated_user {{"n":3}}')
+        await admin.publish(base, f'{epoch} 3 - updated_user {{"n":3}}')
     events = await inbox.wait(3)
     assert events[0].frame == first.frame
     assert [(e.offset, json.loads(e.data)["n"]) for e in events] == [(1, 1), (2, 2), (3, 3)]
