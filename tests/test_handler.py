@@ -15,7 +15,17 @@ import tornado.web
 from tornado.httpclient import HTTPClientError
 from tornado.websocket import WebSocketHandler, websocket_connect
 
-from tornado_live import Client, ClientError, Hub, LiveHandler, LiveMixin, Refused, message
+from example_app.store import memory_collection
+from tornado_live import (
+    Client,
+    ClientError,
+    Document,
+    Hub,
+    LiveHandler,
+    LiveMixin,
+    Refused,
+    message,
+)
 from tornado_live.brokers.memory import MemoryBroker
 from tornado_live.testing import ws_url
 
@@ -784,3 +794,37 @@ class TestASlowPolicy:
             assert hub.subscribers("users") == 1
         finally:
             stream.close()
+
+
+class Note(Document, name="note", public=("text",)):
+    """A model whose channels (``notes``, ``notes/<id>``) have snapshots."""
+
+
+async def test_an_event_stream_can_start_with_a_snapshot(
+    http_server: Any, base_url: str, hub: Hub
+) -> None:
+    Notes = Note.bind(memory_collection("notes"), hub)
+    first = await Notes(text="one", secret="never shown").save()
+    stream = await EventStream.open(base_url, "channel=notes&snapshot=1")
+    try:
+        id, subscribed = await stream.message()
+        assert subscribed["snapshot"] == [
+            {"version": 1, "data": {"id": str(first.id), "text": "one"}}
+        ]
+        assert subscribed["more"] is False
+        assert id == f"{subscribed['epoch']}:{subscribed['offset']}"
+        await first.patch({"text": "two"})
+        _, event = await stream.message()
+        assert (event["type"], event["version"], event["data"]["text"]) == (
+            "updated_note",
+            2,
+            "two",
+        )
+    finally:
+        stream.close()
+    refused = await EventStream.open(base_url, "channel=elsewhere&snapshot=1")
+    try:
+        assert refused.status == 400
+        assert (await refused.body())["code"] == "no_snapshot"
+    finally:
+        refused.close()
