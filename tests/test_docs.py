@@ -181,10 +181,13 @@ async def test_protocol_transcript(
             if "<epoch>" in frame:
                 assert epoch is not None, f"{where}: no subscribed frame gave an epoch yet"
                 frame = frame.replace("<epoch>", epoch)
+            if "<id>" in frame:
+                assert user_id is not None, f"{where}: no created event gave an id yet"
+                frame = frame.replace("<id>", user_id)
             json.loads(frame)  # the docs show JSON
             await client.send_raw(frame)
         elif line.startswith("<-- "):
-            expected = json.loads(line[4:])
+            expected = json.loads(line[4:].replace("<id>", user_id or "<id>"))
             try:
                 actual = await client.receive(timeout=TIMEOUT)
             except TimeoutError:
@@ -314,8 +317,12 @@ def test_reference_matches_the_code() -> None:
 REFERENCE_MUTATIONS = [
     ("*, timeout: float = 10.0) -> Any`", "*, timeout: float = 5.0) -> Any`", "defaults differ"),
     ("`async send_raw(message: str", "`async send_raw(text: str", "names or kinds differ"),
-    ("`async delete() -> bool`", "`delete() -> bool`", "Document.delete: is async"),
-    ("model(name: str, *, public", "model(name: str, public", "names or kinds differ"),
+    ("`async delete(*, version", "`delete(*, version", "Document.delete: is async"),
+    (
+        "`async classmethod get(id: Any)",
+        "`async classmethod get(key: Any)",
+        "names or kinds differ",
+    ),
     ("`classmethod bind(", "`bind(", "is a classmethod, documented as a method"),
     ("UnboundError(LiveError, RuntimeError)", "UnboundError(ValueError)", "bases differ"),
     ("    HISTORY = 1000\n", "    HISTORY = 100\n", "HISTORY: the values differ"),
