@@ -8,6 +8,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tornado.web
@@ -26,7 +27,7 @@ from tornado.ioloop import IOLoop
 from example_app.app import make_app
 from example_app.store import memory_collection
 from example_app.users import User
-from tornado_live import Hub
+from tornado_live import Client, Hub
 
 pytest_plugins = ["tornado_live.testing"]
 
@@ -58,6 +59,37 @@ def _marked_for_its_services(request: pytest.FixtureRequest) -> Iterator[None]:
         mark = SERVICES.get(fixture)
         if mark is not None and request.node.get_closest_marker(mark) is None:
             pytest.fail(f"it used the {fixture} fixture: mark it @pytest.mark.{mark}")
+
+
+#: Fields the tests' models keep private: no frame any test client receives may name one.
+PRIVATE = ("password", "password_hash", "notes", "secret")
+
+
+def _private_keys(value: Any) -> set[str]:
+    if isinstance(value, dict):
+        return {key for key in value if key in PRIVATE} | {
+            key for item in value.values() for key in _private_keys(item)
+        }
+    if isinstance(value, list):
+        return {key for item in value for key in _private_keys(item)}
+    return set()
+
+
+@pytest.fixture(autouse=True)
+def _no_private_field_in_any_frame(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Watch every frame every `Client` of the suite receives: none carries a private
+    field (the test fails at once, in the client's reader, and again at teardown)."""
+    leaked: list[dict[str, Any]] = []
+    track = Client._track
+
+    def watched(self: Client, frame: dict[str, Any]) -> None:
+        if _private_keys(frame):
+            leaked.append(frame)
+        track(self, frame)
+
+    monkeypatch.setattr(Client, "_track", watched)
+    yield
+    assert not leaked, f"private fields reached a client: {leaked[:3]}"
 
 
 @pytest.fixture

@@ -69,12 +69,14 @@ async def test_a_save_reaches_every_subscriber_once(
             "type": "created_user",
             "channel": "users",
             "offset": 1,
+            "version": 1,
             "data": {"id": ada["id"], "name": "Ada Lovelace", "email": "ada@example.com"},
         }
         assert updated == {
             "type": "updated_user",
             "channel": "users",
             "offset": 2,
+            "version": 2,
             "data": {"id": ada["id"], "name": "Ada King", "email": "ada@example.com"},
         }
         assert await watcher.receive_nothing()  # exactly one of each
@@ -82,6 +84,7 @@ async def test_a_save_reaches_every_subscriber_once(
         "type": "updated_user",
         "channel": f"users/{ada['id']}",
         "offset": 2,
+        "version": 2,
         "data": {"id": ada["id"], "name": "Ada King", "email": "ada@example.com"},
     }
     assert await idle.receive_nothing()

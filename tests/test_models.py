@@ -422,6 +422,24 @@ async def test_find_sorts_limits_and_snapshots_show_public_fields_with_versions(
         assert await Tasks.snapshot("users", 10) is None
 
 
+@drivers
+@pytest.mark.gen_test(timeout=TIMEOUT)
+async def test_find_can_read_only_some_fields(
+    hub: Hub, database: Callable[..., Any], driver: str
+) -> None:
+    async with database(driver, "users") as collection:
+        Users = User.bind(collection, hub)
+        await Users(**ada()).save()
+        [partial] = await Users.find({"name": "Ada"}, fields=Users.public_fields())
+        assert set(partial.fields) == {"_id", "name", "email", "_version"}
+        with pytest.raises(ValueError, match="use patch"):
+            await partial.save()
+        await partial.patch({"name": "Countess"})
+        stored = await collection.find_one({"_id": partial.id})
+        assert stored is not None
+        assert stored["password_hash"] == "scrypt$00$11"  # not dropped
+
+
 def test_a_model_is_declared_once_and_checked() -> None:
     assert (User._live.name, User._live.channel, User._live.public) == (
         "user",

@@ -26,7 +26,9 @@ atomically by every write: a save of a stale copy raises `StaleError` and writes
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import random
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -41,8 +43,9 @@ VERSION: Final = "_version"
 #: Documents a multi-document write announces one by one; beyond it, one
 #: ``refetch_<name>`` event per affected channel tells pages to refetch.
 MANY: Final = 100
-#: Attempts of a read-then-conditional-write before a busy document gives `StaleError`.
-ATTEMPTS: Final = 5
+#: Attempts of a read-then-conditional-write (`Document.find_one_and_update`) before a
+#: document that keeps changing gives `StaleError`.
+ATTEMPTS: Final = 10
 
 
 class Collection(Protocol):
@@ -160,6 +163,7 @@ class Document:
     def __init__(self, /, **fields: Any) -> None:
         self.fields: dict[str, Any] = fields
         self._stored: dict[str, Any] | None = None  # the document as last read or written
+        self._partial = False  # read with a projection: save() would drop fields
 
     # -- binding ------------------------------------------------------------------------
 
@@ -294,13 +298,33 @@ class Document:
         sort: Sequence[tuple[str, int]] | None = None,
         limit: int = 0,
         skip: int = 0,
+        fields: Iterable[str] | None = None,
     ) -> list[Self]:
         """The documents matching ``filter`` (all by default), sorted by ``sort`` (a list
-        of ``(field, 1 or -1)``), at most ``limit`` of them (0: no limit) after ``skip``."""
+        of ``(field, 1 or -1)``), at most ``limit`` of them (0: no limit) after ``skip``.
+
+        With ``fields`` (``fields=User.public_fields()``, say), only those fields are read
+        (a projection): such a partial copy can be patched and deleted, not saved.
+        """
+        projection = None if fields is None else {name: 1 for name in fields} | {VERSION: 1}
         cursor = cls._bound().collection.find(
-            dict(filter or {}), sort=list(sort) if sort else None, limit=limit, skip=skip
+            dict(filter or {}),
+            projection,
+            sort=list(sort) if sort else None,
+            limit=limit,
+            skip=skip,
         )
-        return [cls._load(document) async for document in cursor]
+        found = []
+        async for document in cursor:
+            loaded = cls._load(document)
+            loaded._partial = projection is not None
+            found.append(loaded)
+        return found
+
+    @classmethod
+    def public_fields(cls) -> tuple[str, ...]:
+        """The fields the model declared public (``public=``)."""
+        return cls._live.public
 
     @classmethod
     async def snapshot(cls, channel: str, limit: int) -> Snapshot | None:
@@ -339,6 +363,11 @@ class Document:
         acknowledged write; a write that raises (a duplicate key, say) publishes nothing.
         """
         binding = self._bound()
+        if self._partial:
+            raise ValueError(
+                f"{self._live.name} {self.id} was read with fields=...: saving it would drop "
+                "the other fields; use patch() instead"
+            )
         if self._stored is None:
             if self.id is None:
                 self.fields["_id"] = self.new_id()
@@ -377,9 +406,7 @@ class Document:
             raise LookupError(f"{self._live.name} was never saved; save() it first")
         if not changes:
             return self  # nothing to write, nothing to announce
-        written = await type(self)._modify(
-            {"_id": self.id}, {"$set": changes}, version=version, check=changes
-        )
+        written = await type(self)._set({"_id": self.id}, changes, version=version)
         if written is None:
             raise LookupError(f"{self._live.name} {self.id} no longer exists; nothing was saved")
         self.fields, self._stored = written.fields, written._stored
@@ -478,13 +505,44 @@ class Document:
     # -- internals ----------------------------------------------------------------------
 
     @classmethod
+    async def _set(
+        cls, filter: dict[str, Any], changes: dict[str, Any], *, version: int | None
+    ) -> Self | None:
+        """``$set`` these fields in one atomic write that returns the document as it was
+        before, so the announcement knows exactly what changed (no retry, however busy
+        the document): the written document, or None if none matches."""
+        collection = cls._bound().collection
+        condition = filter if version is None else {**filter, VERSION: version}
+        current = await collection.find_one(condition)
+        if current is None:
+            if version is not None:
+                await cls._refused(filter.get("_id"), version, missing_is_none=True)
+            return None
+        cls._check(cls(**{**current, **changes}))  # refuse bad channels before writing
+        found = await collection.find_one_and_update(
+            condition,
+            _with_version({"$set": changes}),
+            return_document=False,  # pymongo's ReturnDocument.BEFORE
+        )
+        if found is None:  # deleted, or moved on past ``version``, since the read
+            if version is not None:
+                await cls._refused(filter.get("_id"), version, missing_is_none=True)
+            return None
+        old = cls._load(found)
+        written = cls._load(
+            {**copy.deepcopy(found), **copy.deepcopy(changes), VERSION: (old.version or 0) + 1}
+        )
+        cls._check(written, "the write stands, but it was not announced")
+        await cls._announce(old, written)
+        return written
+
+    @classmethod
     async def _modify(
         cls,
         filter: dict[str, Any],
         update: dict[str, Any],
         *,
         version: int | None = None,
-        check: Mapping[str, Any] | None = None,
         force: bool = False,
         before: Mapping[str, Any] | None = None,
     ) -> Self | None:
@@ -493,7 +551,7 @@ class Document:
         channels and public fields); a concurrent write makes the conditional write miss,
         and it is tried again (`ATTEMPTS` times), or refused if ``version`` was asked."""
         collection = cls._bound().collection
-        for _ in range(ATTEMPTS):
+        for attempt in range(ATTEMPTS):
             current = await collection.find_one(
                 filter if version is None else {**filter, VERSION: version}
             )
@@ -502,8 +560,6 @@ class Document:
                     await cls._refused(filter.get("_id"), version, missing_is_none=True)
                 return None
             old = cls._load(current)
-            if check is not None:
-                cls._check(cls(**{**current, **check}))
             found = await collection.find_one_and_update(
                 {**filter, "_id": old.id, VERSION: old.version},
                 _with_version(update),
@@ -512,7 +568,9 @@ class Document:
             if found is None:
                 if version is not None:
                     await cls._refused(old.id, version)
-                continue  # someone wrote it meanwhile: read it again
+                # Someone wrote it meanwhile: read it again, after a short, random pause.
+                await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
+                continue
             written = cls._load(found)
             cls._check(written, "the write stands, but it was not announced")
             await cls._announce(cls._load(before) if before is not None else old, written, force)
