@@ -204,6 +204,32 @@ async def test_a_version_travels_with_its_event(make_broker: MakeBroker) -> None
     assert [(e.version, e.frame) for e in kept] == [(7, published.frame), (None, plain.frame)]
 
 
+@pytest.mark.gen_test
+async def test_a_publish_with_a_key_happens_once(make_broker: MakeBroker) -> None:
+    broker = make_broker()
+    inbox = Inbox()
+    await broker.subscribe("users", inbox, inbox.gap)
+    first = await broker.publish("users", "reminder", b'{"n":1}', version=3, key="day:1")
+    again = await broker.publish("users", "reminder", b'{"n":2}', key="day:1")  # a retry
+    other = await broker.publish("users", "reminder", b'{"n":3}', key="day:2")
+    elsewhere = await broker.publish("users/1", "reminder", b'{"n":4}', key="day:1")
+    assert (again.offset, again.version, again.frame) == (first.offset, 3, first.frame)
+    assert [e.offset for e in (first, other, elsewhere)] == [1, 2, 1]  # keys are per channel
+    assert [e.frame for e in await inbox.wait(2)] == [first.frame, other.frame]
+    await asyncio.sleep(0.1)
+    assert len(inbox.events) == 2
+    assert (await broker.history("users")).position.offset == 2
+
+
+@pytest.mark.gen_test
+async def test_a_key_is_forgotten_after_the_window(make_broker: MakeBroker) -> None:
+    broker = make_broker(window=0.3)
+    first = await broker.publish("users", "reminder", b"{}", key="k")
+    await asyncio.sleep(0.5)
+    later = await broker.publish("users", "reminder", b"{}", key="k")
+    assert (first.offset, later.offset) == (1, 2)
+
+
 async def lose(broker: Broker, channel: str, request: pytest.FixtureRequest) -> None:
     """Make ``broker`` lose ``channel``'s history for good, as a flushed Redis would."""
     if isinstance(broker, MemoryBroker):

@@ -356,3 +356,17 @@ async def test_events_of_another_epoch_never_reach_a_member() -> None:
     broker.flush()
     assert fresh.offsets() == [1]
     assert [f["epoch"] for f in fresh.received() if f["type"] == "subscribed"] != [old_epoch]
+
+
+@pytest.mark.gen_test
+async def test_a_key_must_be_printable_and_the_window_positive() -> None:
+    hub = Hub()
+    for bad in ("", "with space", "x" * 201, "é"):
+        with pytest.raises(ValueError, match="idempotency key"):
+            await hub.publish("users", "reminder", {}, key=bad)
+    with pytest.raises(TypeError, match="version must be an integer"):
+        await hub.publish("users", "reminder", {}, version=True)
+    with pytest.raises(ValueError, match="window must be > 0"):
+        MemoryBroker(window=0)
+    assert (await hub.publish("users", "reminder", {}, key="k")).offset == 1
+    assert (await hub.publish("users", "reminder", {}, key="k")).offset == 1

@@ -295,6 +295,35 @@ async def test_redis_stopped_then_started_again_needs_no_restart(
 
 
 @pytest.mark.gen_test(timeout=30)
+async def test_a_publish_retried_after_a_timeout_with_its_key_gives_one_event(
+    make: MakeBroker, private_redis: RedisServer
+) -> None:
+    broker = make(private_redis.url, timeout=0.5, backoff=(0.05, 0.2))
+    inbox = Inbox()
+    await broker.subscribe("users", inbox, inbox.gap)
+    assert private_redis.process is not None
+    private_redis.process.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(PublishError, match="retry with the same key") as timed_out:
+            await broker.publish("users", "reminder", b'{"n":1}', key="reminder:monday")
+        assert timed_out.value.sent is None  # unknown: Redis took the script
+        await asyncio.sleep(0.2)  # frozen past the timeout
+    finally:
+        private_redis.process.send_signal(signal.SIGCONT)
+    retried = await broker.publish("users", "reminder", b'{"n":1}', key="reminder:monday")
+    again = await broker.publish("users", "reminder", b'{"n":1}', key="reminder:monday")
+    assert retried.offset == again.offset == 1  # the frozen script ran once Redis thawed
+    assert [e.offset for e in await inbox.wait(1)] == [1]
+    await settle()
+    assert len(inbox.events) == 1
+    stopped = make(private_redis.url, timeout=0.5)
+    private_redis.stop()
+    with pytest.raises(PublishError, match="the event was not sent") as refused:
+        await stopped.publish("users", "reminder", b"{}", key="k")
+    assert refused.value.sent is False
+
+
+@pytest.mark.gen_test(timeout=30)
 async def test_a_frozen_redis_times_out_instead_of_hanging(
     make: MakeBroker, private_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:

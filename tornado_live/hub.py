@@ -96,10 +96,21 @@ class Hub:
     # -- publishing ---------------------------------------------------------------------
 
     async def publish(
-        self, channel: str, type: str, data: Any = None, *, version: int | None = None
+        self,
+        channel: str,
+        type: str,
+        data: Any = None,
+        *,
+        version: int | None = None,
+        key: str | None = None,
     ) -> Event:
         """Publish one event; return it with the position the broker gave it. ``version``
         (a model's document version) is carried in the event frame as ``"version"``.
+
+        With ``key`` the publish is idempotent: if this channel had an event published
+        with that key within the broker's ``window``, nothing is published and that event
+        is returned. A periodic job in every process that publishes with a key per period
+        (``key=f"reminder:{date}"``) sends one event per period.
 
         Raises `ProtocolError` (a `ValueError`) for a bad channel or type, `TypeError`
         for data that is not JSON-serialisable, and `PublishError` when the broker could
@@ -109,7 +120,11 @@ class Hub:
         protocol.check_type(type)
         if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
             raise TypeError(f"version must be an integer; got {version!r}")
-        return await self.broker.publish(channel, type, protocol.encode_data(data), version=version)
+        if key is not None:
+            protocol.check_key(key)
+        return await self.broker.publish(
+            channel, type, protocol.encode_data(data), version=version, key=key
+        )
 
     # -- subscriptions ------------------------------------------------------------------
 

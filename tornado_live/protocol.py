@@ -206,6 +206,20 @@ def check_channel(channel: Any, *, id: Id = None) -> str:
     return channel
 
 
+#: An idempotency key: at most 200 printable ASCII characters, no spaces.
+KEY: Final = re.compile(r"[!-~]{1,200}")
+
+
+def check_key(key: Any) -> str:
+    """Return ``key`` if it is a valid idempotency key, else raise `ValueError`."""
+    if not isinstance(key, str) or not KEY.fullmatch(key):
+        raise ValueError(
+            f"an idempotency key is 1 to 200 printable ASCII characters without spaces; "
+            f"got {key!r:.60}"
+        )
+    return key
+
+
 def check_type(type: Any) -> str:
     """Return ``type`` if it is a valid event or message type, else raise ``ProtocolError``."""
     if not isinstance(type, str) or not TYPE.fullmatch(type):

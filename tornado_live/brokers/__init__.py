@@ -7,6 +7,10 @@ conformance suite (``tests/test_brokers.py``). The contract:
   never reused within one epoch), keeps the event in the channel's bounded history, and
   delivers it to every subscription of the channel, in every process, in offset order.
   It returns only once the event is stored; `PublishError` says what happened if not.
+  A publish with a ``key`` is idempotent: if the broker published an event with that key
+  on that channel within its ``window`` (seconds), it publishes nothing and returns that
+  event. So a retry after a timeout, or the same periodic publish in several processes,
+  gives one event.
 * `Broker.subscribe` / `Broker.unsubscribe` add and remove a subscription: a ``deliver``
   callback that receives every event, and a ``gap`` callback that is told when events
   were lost for good for this subscription (Redis came back empty, a history was
@@ -42,8 +46,16 @@ for good for this subscription (Redis came back empty, say); delivery resumes af
 
 
 class PublishError(LiveError):
-    """An event could not be published (the broker is unreachable). Nothing was sent,
-    unless the message says that the broker took it but did not answer in time."""
+    """An event could not be published.
+
+    ``sent`` says what is known: False when the broker refused or could not be reached
+    (nothing was published); None when it took the request but did not answer in time
+    (it may yet publish it: retry with the same ``key`` and exactly one event results).
+    """
+
+    def __init__(self, message: str, *, sent: bool | None = False) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +77,17 @@ class Broker(Protocol):
     """What the hub needs from a broker. See the module docstring for the contract."""
 
     async def publish(
-        self, channel: str, type: str, data: bytes, *, version: int | None = None
+        self,
+        channel: str,
+        type: str,
+        data: bytes,
+        *,
+        version: int | None = None,
+        key: str | None = None,
     ) -> Event:
         """Store and deliver one event; ``data`` is its JSON-encoded payload, ``version``
-        the version of the document it announces (carried to every subscriber)."""
+        the version of the document it announces (carried to every subscriber), ``key``
+        makes it idempotent (see the module documentation)."""
         ...
 
     async def subscribe(self, channel: str, deliver: Deliver, gap: Gap) -> None:
@@ -98,8 +117,8 @@ def from_url(url: str) -> Broker:
     `MemoryBroker` for one process.
     ``redis://host:6379/0`` (or ``rediss://`` for TLS) gives a
     `RedisBroker` shared by every process using the same
-    Redis; it takes the options ``history``, ``ttl``, ``retention``, ``prefix`` and
-    ``timeout`` (``redis://localhost:6379/0?history=500&prefix=myapp``).
+    Redis; it takes the options ``history``, ``ttl``, ``retention``, ``prefix``, ``timeout``
+    and ``window`` (``redis://localhost:6379/0?history=500&prefix=myapp``).
     """
     parts = urlsplit(url)
     options = {key: values[-1] for key, values in parse_qs(parts.query).items()}
@@ -127,6 +146,7 @@ def from_url(url: str) -> Broker:
             "retention": float,
             "prefix": str,
             "timeout": float,
+            "window": float,
         }
         unknown = sorted(set(options) - set(kinds))
         if unknown:

@@ -20,6 +20,7 @@ class _Channel:
     offset: int = 0
     events: deque[tuple[float, Event]] = field(default_factory=deque)
     subscribers: dict[Deliver, Gap] = field(default_factory=dict)
+    keys: OrderedDict[str, tuple[float, Event]] = field(default_factory=OrderedDict)
 
 
 class MemoryBroker:
@@ -41,9 +42,15 @@ class MemoryBroker:
     HISTORY = 1000
     TTL = 3600.0
     CHANNELS = 100_000
+    WINDOW = 86400.0
 
     def __init__(
-        self, *, history: int = HISTORY, ttl: float = TTL, channels: int = CHANNELS
+        self,
+        *,
+        history: int = HISTORY,
+        ttl: float = TTL,
+        channels: int = CHANNELS,
+        window: float = WINDOW,
     ) -> None:
         if history < 0:
             raise ValueError(f"history must be >= 0 events, got {history}")
@@ -51,6 +58,9 @@ class MemoryBroker:
             raise ValueError(f"ttl must be > 0 seconds, got {ttl}")
         if channels < 1:
             raise ValueError(f"channels must be >= 1, got {channels}")
+        if window <= 0:
+            raise ValueError(f"window must be > 0 seconds, got {window}")
+        self.window = window
         self.limit = history
         self.ttl = ttl
         self.channels = channels
@@ -82,14 +92,30 @@ class MemoryBroker:
             events.popleft()
 
     async def publish(
-        self, channel: str, type: str, data: bytes, *, version: int | None = None
+        self,
+        channel: str,
+        type: str,
+        data: bytes,
+        *,
+        version: int | None = None,
+        key: str | None = None,
     ) -> Event:
         state = self._channel(channel)
+        if key is not None:
+            now = time.monotonic()
+            keys = state.keys
+            while keys and next(iter(keys.values()))[0] < now - self.window:
+                keys.popitem(last=False)
+            seen = keys.get(key)
+            if seen is not None:
+                return seen[1]
         state.offset += 1
         event = Event(channel, type, Position(state.epoch, state.offset), data, version)
         if self.limit:
             state.events.append((time.monotonic(), event))
             self._expire(state)
+        if key is not None:
+            state.keys[key] = (time.monotonic(), event)
         for deliver in tuple(state.subscribers):
             try:
                 deliver(event)
@@ -118,6 +144,7 @@ class MemoryBroker:
         state.epoch = f"{self._epoch}-{self._evictions}"
         state.offset = 0
         state.events.clear()
+        state.keys.clear()
         position = Position(state.epoch, 0)
         for gap in tuple(state.subscribers.values()):
             try:

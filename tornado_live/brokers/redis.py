@@ -9,6 +9,8 @@ Cluster they share one slot (``live`` is the default ``prefix``)::
 
     live:{users}:offset   the channel's last offset (an integer; INCR)
     live:{users}:epoch    the life of the channel's history (a random token)
+    live:{users}:key:<k>  an idempotency key published within the window: the payload of
+                          the event it published (expires ``window`` after)
     live:{users}:events   the history: a stream whose entry IDs are ``<offset>-0``, with
                           the fields ``type``, ``data``, ``time`` (Redis's clock, in µs)
                           and ``version`` (the document's, or ``-``)
@@ -93,7 +95,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..protocol import Event, Position, check_channel, check_type
+from ..protocol import Event, Position, check_channel, check_key, check_type
 from . import Deliver, Gap, History, PublishError
 
 log = logging.getLogger("tornado_live.brokers")
@@ -112,8 +114,19 @@ redis.call('PEXPIRE', KEYS[1], ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[2])
 """
 
+# KEYS[4]: the idempotency key's name; ARGV[9]: '1' if the publish has a key.
+_SEEN = """
+if ARGV[9] == '1' then
+  local seen = redis.call('GET', KEYS[4])
+  if seen then
+    return {'seen', seen}
+  end
+end
+"""
+
 PUBLISH: Final = (
-    _ENSURE
+    _SEEN
+    + _ENSURE
     + """
 -- ARGV[3]: pub/sub channel, ARGV[4]: type, ARGV[5]: data, ARGV[6]: history, ARGV[7]: ttl (ms)
 -- ARGV[8]: version ('-' for none)
@@ -125,12 +138,17 @@ if tonumber(ARGV[6]) > 0 then
              'type', ARGV[4], 'data', ARGV[5], 'time', time, 'version', ARGV[8])
   redis.call('PEXPIRE', KEYS[3], ARGV[7])
 end
-redis.call('PUBLISH', ARGV[3],
-           epoch .. ' ' .. offset .. ' ' .. ARGV[8] .. ' ' .. ARGV[4] .. ' ' .. ARGV[5])
+local payload = epoch .. ' ' .. offset .. ' ' .. ARGV[8] .. ' ' .. ARGV[4] .. ' ' .. ARGV[5]
+redis.call('PUBLISH', ARGV[3], payload)
+if ARGV[9] == '1' then
+  -- ARGV[10]: the idempotency window (ms)
+  redis.call('SET', KEYS[4], payload, 'PX', ARGV[10])
+end
 return {epoch, offset}
 """
 )
-"""Assign the next offset, store the event, publish it: ``{epoch, offset}``."""
+"""Assign the next offset, store the event, publish it: ``{epoch, offset}``; or, for a key
+already published within the window, ``{'seen', <that event's payload>}``."""
 
 HISTORY: Final = (
     _ENSURE
@@ -194,6 +212,7 @@ class RedisBroker:
     HISTORY = 1000
     TTL = 3600.0
     RETENTION = 86400.0
+    WINDOW = 86400.0
     TIMEOUT = 5.0
     KEEPALIVE = 30.0
     BACKOFF = (0.1, 5.0)
@@ -211,6 +230,7 @@ class RedisBroker:
         timeout: float = TIMEOUT,
         keepalive: float = KEEPALIVE,
         backoff: tuple[float, float] = BACKOFF,
+        window: float | None = None,
     ) -> None:
         if history < 0:
             raise ValueError(f"history must be >= 0 events, got {history}")
@@ -220,6 +240,14 @@ class RedisBroker:
             retention = max(ttl, self.RETENTION)
         elif retention < ttl:
             raise ValueError(f"retention must be >= ttl ({ttl} s), got {retention}")
+        if window is None:
+            window = min(self.WINDOW, retention)
+        elif not 0 < window <= retention:
+            raise ValueError(
+                f"window must be > 0 and <= retention ({retention} s), got {window}: a key "
+                "must not outlive the channel's epoch"
+            )
+        self.window = window
         if not prefix or any(char in prefix for char in "{} "):
             raise ValueError(f"prefix must be non-empty, without braces or spaces; got {prefix!r}")
         if timeout <= 0 or keepalive <= 0:
@@ -266,16 +294,24 @@ class RedisBroker:
     # -- the Broker protocol ----------------------------------------------------------------
 
     async def publish(
-        self, channel: str, type: str, data: bytes, *, version: int | None = None
+        self,
+        channel: str,
+        type: str,
+        data: bytes,
+        *,
+        version: int | None = None,
+        key: str | None = None,
     ) -> Event:
         # The payload and the keys rely on these: no spaces, no braces.
         check_channel(channel)
         check_type(type)
+        if key is not None:
+            check_key(key)
         if self._closed:
             raise PublishError(f"could not publish {type!r} on {channel!r}: the broker is closed")
         try:
-            life, offset = await self._publish(
-                keys=self._names(channel),
+            reply = await self._publish(
+                keys=[*self._names(channel), f"{self._key(channel)}:key:{key or ''}"],
                 args=[
                     secrets.token_hex(8),
                     self._ms(self.retention),
@@ -285,21 +321,29 @@ class RedisBroker:
                     self.limit,
                     self._ms(self.ttl),
                     "-" if version is None else int(version),
+                    "0" if key is None else "1",
+                    self._ms(self.window),
                 ],
             )
         except Exception as exc:
-            if isinstance(exc, RedisTimeoutError):
+            timed_out = isinstance(exc, RedisTimeoutError)
+            if timed_out:
                 fate = (
                     f"it did not answer within {self.timeout} s, so the event may yet be "
-                    "published if Redis was only slow"
+                    "published if Redis was only slow: retry with the same key"
                 )
             else:
                 fate = "the event was not sent"
             raise PublishError(
                 f"could not publish {type!r} on {channel!r}: Redis at {self.where} failed "
-                f"({_name(exc)}: {exc}); {fate}"
+                f"({_name(exc)}: {exc}); {fate}",
+                sent=None if timed_out else False,
             ) from exc
-        return Event(channel, type, Position(life.decode(), int(offset)), data, version)
+        if reply[0] == b"seen":
+            epoch, offset, seen, kind, body = reply[1].split(b" ", 4)
+            position = Position(epoch.decode(), int(offset))
+            return Event(channel, kind.decode(), position, body, _version(seen))
+        return Event(channel, type, Position(reply[0].decode(), int(reply[1])), data, version)
 
     async def subscribe(self, channel: str, deliver: Deliver, gap: Gap) -> None:
         check_channel(channel)
