@@ -671,5 +671,5 @@ def test_live_js_logic(browser: Browser, demo: Demo) -> None:
     results: dict[str, Any] = page.evaluate("window.results")
     failures = [f"{name}: {outcome}" for name, outcome in results.items() if outcome != "ok"]
     assert not failures, "\n".join(failures)
-    assert len(results) >= 14, json.dumps(results)
+    assert len(results) >= 20, json.dumps(results)
     page.close()
