@@ -682,7 +682,8 @@ async function snapshotted(options = {}) {
     backoff: [1, 2],
     ...options,
   });
-  live.subscribe("users", (event) => seen.events.push([event.offset, event.data.id, event.version]), {
+  const record = (event) => seen.events.push([event.offset, event.data.id, event.version]);
+  live.subscribe("users", record, {
     onSnapshot: (docs, {more}) => {
       seen.snapshots.push([docs.map((doc) => doc.id), more]);
     },
@@ -915,7 +916,14 @@ await check("snapshot: a new one when recovery fails, and after a gap", async ()
   const fourth = Socket.instances[2];
   fourth.open();
   const asked = fourth.sent[0];
-  fourth.push({type: "subscribed", channel: "users", offset: 1, epoch: "g", recovered: false, id: asked.id});
+  fourth.push({
+    type: "subscribed",
+    channel: "users",
+    offset: 1,
+    epoch: "g",
+    recovered: false,
+    id: asked.id,
+  });
   const fresh = fourth.sent[1];
   equal([fresh.snapshot, "since" in fresh], [true, false], "a new snapshot asked, no since");
   fourth.push({
@@ -940,7 +948,7 @@ await check("snapshot: a new one when recovery fails, and after a gap", async ()
   live.close();
 });
 
-await check("snapshot: a pending onSnapshot holds events; a newer snapshot supersedes them", async () => {
+await check("snapshot: a pending onSnapshot holds events; a newer one supersedes", async () => {
   const Socket = fakeSockets();
   const live = connect("ws://example.test/live", {
     WebSocket: Socket,
@@ -1018,7 +1026,7 @@ await check("snapshot: a pending onSnapshot holds events; a newer snapshot super
   live.close();
 });
 
-await check("snapshot: no_snapshot reaches onError; onSnapshot and onRefetch exclude each other", async () => {
+await check("snapshot: no_snapshot goes to onError; onSnapshot excludes onRefetch", async () => {
   const Socket = fakeSockets();
   const live = connect("ws://example.test/live", {WebSocket: Socket, EventSource: null});
   const errors = [];
@@ -1068,7 +1076,10 @@ await check("snapshot: no_snapshot reaches onError; onSnapshot and onRefetch exc
   });
   const sse = connect("/live", {WebSocket: undefined, EventSource: Source, fetch});
   const refused = [];
-  sse.subscribe("plain", null, {onSnapshot: () => {}, onError: (error) => refused.push(error.code)});
+  sse.subscribe("plain", null, {
+    onSnapshot: () => {},
+    onError: (error) => refused.push(error.code),
+  });
   await until(() => Source.instances.length === 1, "an event stream");
   Source.instances[0].error(2);
   await until(() => refused.length === 1, "onError over SSE");
@@ -1076,7 +1087,7 @@ await check("snapshot: no_snapshot reaches onError; onSnapshot and onRefetch exc
   sse.close();
 });
 
-await check("snapshot: another onSnapshot, or a refetch_ event, asks for a new snapshot", async () => {
+await check("snapshot: another onSnapshot, or a refetch_ event, asks for a new one", async () => {
   const {live, socket, seen} = await snapshotted();
   const early = [];
   // Before the first answer: it shares the snapshot already asked for.
