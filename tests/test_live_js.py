@@ -10,9 +10,13 @@
 * An app with ``xsrf_cookies=True``, WebSockets blocked: ``request`` gets its reply over a
   ``POST`` that carries no token, and events arrive over SSE.
 * The talk's plain ``new WebSocket()`` code, without live.js, still gets ``updated_user``.
+* A page of the test's own (``tests/js/snapshot.html``) loads the users from the
+  subscription's snapshot while REST saves race it, over both transports, and ends showing
+  every user as saved last, having been given no event twice or older than what it showed;
+  after a server restart (``recovered: false``) it starts over from a new snapshot.
 * live.js's own logic (backoff, offsets, position, resubscription, one stream per channel,
-  fallback, holding events during a refetch, ``request`` and ``send``) against fake
-  transports, in ``tests/js/unit.js``.
+  fallback, holding events during a refetch, ``request`` and ``send``, snapshots and
+  versions) against fake transports, in ``tests/js/unit.js``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import contextlib
 import json
 import re
 import threading
+import time
 import urllib.error
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,7 +44,8 @@ from pymongo import MongoClient
 from example_app.app import make_app
 from example_app.store import memory_collection
 from example_app.users import User
-from tornado_live import Hub
+from tornado_live import Hub, Snapshot
+from tornado_live.hub import Source
 
 HERE = Path(__file__).parent
 
@@ -531,8 +537,9 @@ class Served:
     test's thread), over an in-memory store and broker, on a free port of 127.0.0.1.
     """
 
-    def __init__(self, **settings: Any) -> None:
+    def __init__(self, *, snapshot_delay: float = 0.0, **settings: Any) -> None:
         self.settings = settings
+        self.snapshot_delay = snapshot_delay
         self.url = ""
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="served", daemon=True)
@@ -561,6 +568,9 @@ class Served:
         self._server = tornado.httpserver.HTTPServer(
             make_app(self._hub, User.bind(memory_collection(), self._hub), **self.settings)
         )
+        if self.snapshot_delay:
+            delay = self.snapshot_delay
+            self._hub.sources[:] = [Slow(source, delay) for source in self._hub.sources]
         self._server.add_sockets(sockets)
         port: int = sockets[0].getsockname()[1]
         return f"http://127.0.0.1:{port}"
@@ -571,6 +581,19 @@ class Served:
             await self._server.close_all_connections()
         if self._hub is not None:
             await self._hub.close()
+
+
+class Slow:
+    """A snapshot source that waits ``delay`` seconds before reading: the writes made
+    meanwhile come after the position ``subscribed`` gives, yet the snapshot shows them."""
+
+    def __init__(self, source: Source, delay: float) -> None:
+        self.source = source
+        self.delay = delay
+
+    async def snapshot(self, channel: str, limit: int) -> Snapshot | None:
+        await asyncio.sleep(self.delay)
+        return await self.source.snapshot(channel, limit)
 
 
 def test_xsrf_cookies_work_on_every_transport(browser: Browser) -> None:
@@ -660,6 +683,259 @@ def test_the_talks_plain_websocket_code_still_works(browser: Browser, demo: Demo
     page.close()
 
 
+# -- a page that loads its list from the subscription's snapshot ----------------------------
+
+#: Keeps every frame the page receives, in order (window.wire): WebSocket messages as
+#: {via: "websocket", frame}, event-stream messages as {via: <the stream's URL>, frame}.
+RECORD_WIRE = """
+window.wire = [];
+window.WebSocket = class RecordedWebSocket extends window.WebSocket {
+  constructor(...args) {
+    super(...args);
+    this.addEventListener("message", (message) => window.wire.push(
+      {via: "websocket", frame: JSON.parse(message.data)}));
+  }
+};
+window.EventSource = class RecordedEventSource extends window.EventSource {
+  constructor(url, init) {
+    super(url, init);
+    this.addEventListener("message", (message) => window.wire.push(
+      {via: String(url), frame: JSON.parse(message.data)}));
+  }
+};
+"""
+
+
+def open_snapshot_page(browser: Browser, url: str, transport: str) -> Page:
+    """tests/js/snapshot.html as a page of the demo's origin (so that /live and live.js are
+    same-origin), WebSockets blocked for ``transport="sse"``.
+
+    It replaces the document of a page the demo served: a page Playwright fulfilled itself
+    (``page.route``) would not do, as Chromium's local network access checks then refuse its
+    WebSocket to 127.0.0.1.
+    """
+    page = browser.new_page()
+    if transport == "sse":
+        page.add_init_script(BLOCK_WEBSOCKETS)
+    page.add_init_script(RECORD_WIRE)
+    watch(page)
+    page.goto(f"{url}/users")
+    page.set_content((HERE / "js" / "snapshot.html").read_text(encoding="utf-8"))
+    return page
+
+
+#: The users the page lists, as [id, name, email], sorted.
+LISTED = """[...document.querySelectorAll("#users li")].map((item) => [item.dataset.id,
+  item.querySelector(".name").textContent, item.querySelector(".email").textContent]).sort()"""
+
+
+def expect_users(page: Page, url: str, timeout: float = 5000) -> list[list[str]]:
+    """The page lists exactly the users GET /users answers now, within ``timeout`` ms."""
+    users: list[dict[str, str]] = rest(url + "/users")
+    want = sorted([user["id"], user["name"], user["email"]] for user in users)
+    text = json.dumps(want, separators=(",", ":"), ensure_ascii=False)
+    try:
+        page.wait_for_function(f"JSON.stringify({LISTED}) === {json.dumps(text)}", timeout=timeout)
+    except PlaywrightTimeoutError:
+        pytest.fail(f"the page lists {page.evaluate(LISTED)}; expected {want}")
+    return want
+
+
+def check_given(given: list[list[Any]]) -> tuple[int, int]:
+    """What the page was given, in order, was consistent: each event newer than the version
+    the page showed of its user (from the last snapshot or an earlier event), so no event
+    twice and none out of version order, and no snapshot older than what came before it.
+    The number of snapshots and of events."""
+    shown: dict[str, int] = {}
+    latest: dict[str, int] = {}  # over the whole run
+    snapshots = events = 0
+    for entry in given:
+        if entry[0] == "snapshot":
+            snapshots += 1
+            shown = {}
+            for id, version in entry[1]:
+                assert isinstance(version, int), entry
+                assert version >= latest.get(id, 0), (id, version, latest)
+                shown[id] = latest[id] = version
+            continue
+        events += 1
+        _, id, version, offset = entry
+        assert version > shown.get(id, 0), (f"offset {offset}: {id} v{version}", shown)
+        assert version > latest.get(id, 0), (f"offset {offset}: {id} v{version}", latest)
+        latest[id] = version
+        if entry[0] == "deleted_user":
+            shown.pop(id, None)
+        else:
+            shown[id] = version
+    return snapshots, events
+
+
+def stale_on_wire(wire: list[dict[str, Any]]) -> int:
+    """How many model events on the wire were not newer than the page's version of their
+    user then (they must have been dropped)."""
+    known: dict[str, int] = {}
+    stale = 0
+    for item in wire:
+        frame = item["frame"]
+        if frame.get("channel") != "users":
+            continue
+        if frame["type"] == "subscribed" and "snapshot" in frame:
+            known = {entry["data"]["id"]: entry["version"] for entry in frame["snapshot"]}
+        elif "version" in frame:
+            id = frame["data"]["id"]
+            if frame["version"] <= known.get(id, 0):
+                stale += 1
+            elif frame["type"].startswith("deleted_"):
+                known.pop(id, None)
+            else:
+                known[id] = frame["version"]
+    return stale
+
+
+class Writer(threading.Thread):
+    """REST saves, one after another until `stop`: a create every fourth, else a rename of
+    one of the users so far."""
+
+    def __init__(self, url: str, ids: list[str]) -> None:
+        super().__init__(name="writer", daemon=True)
+        self.url = url
+        self.ids = ids
+        self.writes = 0
+        self.failure: BaseException | None = None
+        self._stop_writing = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self._stop_writing.is_set() and self.writes < 2000:
+                n = self.writes
+                if n % 4 == 0:
+                    self.ids.append(rest(self.url + "/users", "POST", user(f"New{n} User"))["id"])
+                else:
+                    id = self.ids[n % len(self.ids)]
+                    rest(f"{self.url}/users/{id}", "POST", {"name": f"User {n}"})
+                self.writes += 1
+                time.sleep(0.002)
+        except BaseException as exc:  # reported by stop()
+            self.failure = exc
+
+    def stop(self) -> int:
+        self._stop_writing.set()
+        self.join(timeout=20)
+        assert not self.is_alive()
+        if self.failure is not None:
+            raise self.failure
+        return self.writes
+
+
+def snapshots_given(page: Page) -> int:
+    count: int = page.evaluate('given.filter((entry) => entry[0] === "snapshot").length')
+    return count
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
+def test_a_snapshot_page_shows_the_last_saves_despite_the_race(
+    browser: Browser, transport: str
+) -> None:
+    # Each snapshot is read 0.3 s after the position it goes with, while saves keep coming:
+    # those saves come as events after that position, and the snapshot shows them already.
+    with Served(snapshot_delay=0.3) as served:
+        url = served.url
+        ids = [rest(url + "/users", "POST", user(name))["id"] for name in ("Ada", "Grace")]
+        writer = Writer(url, ids)
+        writer.start()
+        try:
+            pages = [open_snapshot_page(browser, url, transport)]
+            time.sleep(0.2)
+            pages.append(open_snapshot_page(browser, url, transport))
+            for page in pages:  # subscribed, and the snapshot shown, while the saves went on
+                page.wait_for_function(
+                    'given.some((entry) => entry[0] === "snapshot")', timeout=10000
+                )
+            time.sleep(0.2)
+        finally:
+            writes = writer.stop()
+        assert writes >= 20, writes
+
+        for page in pages:
+            assert page.evaluate("live.transport") == transport
+            listed = expect_users(page, url)
+            assert len(listed) == len(ids)
+            snapshots, events = check_given(page.evaluate("given"))
+            assert snapshots == 1
+            assert events > 0  # saves after the snapshot came as events
+            wire: list[dict[str, Any]] = page.evaluate("window.wire")
+            # Saves the snapshot showed already still came as events, and were dropped.
+            assert stale_on_wire(wire) > 0, wire
+            subscribed = [item["frame"] for item in wire if item["frame"]["type"] == "subscribed"]
+            assert len(subscribed) == 1, subscribed
+            assert subscribed[0]["more"] is False
+            # live.version(): what the page shows, at least the snapshot's version.
+            items = subscribed[0]["snapshot"]
+            known = page.evaluate(
+                "(ids) => ids.map((id) => live.version('users', id))",
+                [entry["data"]["id"] for entry in items],
+            )
+            assert all(now >= entry["version"] for now, entry in zip(known, items, strict=True))
+            if transport == "sse":
+                vias = {item["via"] for item in wire}
+                assert vias == {f"{url}/live?channel=users&snapshot=1"}, vias
+            else:
+                assert {item["via"] for item in wire} == {"websocket"}
+            page.close()
+
+
+@pytest.mark.parametrize("transport", ["websocket", "sse"])
+def test_a_snapshot_page_starts_over_after_a_server_restart(
+    browser: Browser, mongo_server: str, mongo_database: str, transport: str
+) -> None:
+    mongo = mongo_server.replace("/?", f"/{mongo_database}?")
+    port = free_port()
+    arguments = ("--port", str(port), "--mongo", mongo)
+    demos = [start_demo(*arguments)]
+    try:
+        url = demos[0].url
+        page = open_snapshot_page(browser, url, transport)
+        expect(page.locator("#state")).to_have_attribute("data-state", "live", timeout=5000)
+        ada = rest(url + "/users", "POST", user("Ada"))
+        grace = rest(url + "/users", "POST", user("Grace"))
+        expect_users(page, url)
+
+        assert demos[0].stop() == 0
+        expect(page.locator("#state")).to_have_attribute("data-state", "reconnecting", timeout=5000)
+        # While it is down: straight into MongoDB, so no event announces these.
+        with MongoClient[dict[str, Any]](mongo_server) as client:
+            users = client[mongo_database]["users"]
+            users.insert_one(
+                {"_id": ObjectId(), "name": "Dora", "email": "dora@example.com", "_version": 1}
+            )
+            users.update_one(
+                {"_id": ObjectId(grace["id"])},
+                {"$set": {"name": "Grace Hopper"}, "$inc": {"_version": 1}},
+            )
+        demos.append(start_demo(*arguments))
+        # Back, but the page may still be waiting out its backoff: through REST.
+        edsger = rest(url + "/users", "POST", user("Edsger"))
+        rest(f"{url}/users/{ada['id']}", "POST", {"name": "Ada Lovelace"})
+        expect(page.locator("#state")).to_have_attribute("data-state", "live", timeout=15000)
+        expect_users(page, url)
+
+        # Live again: later changes arrive as events.
+        rest(f"{url}/users/{edsger['id']}", "POST", {"name": "Edsger Dijkstra"})
+        rest(f"{url}/users/{ada['id']}", "DELETE")
+        listed = expect_users(page, url)
+        assert sorted(name for _, name, _ in listed) == ["Dora", "Edsger Dijkstra", "Grace Hopper"]
+        assert check_given(page.evaluate("given"))[0] == 2  # on load, and after the restart
+        wire: list[dict[str, Any]] = page.evaluate("window.wire")
+        subscribed = [item["frame"] for item in wire if item["frame"]["type"] == "subscribed"]
+        assert [frame.get("recovered") for frame in subscribed] == [None, False], subscribed
+        assert all("snapshot" in frame for frame in subscribed), subscribed
+        assert len({frame["epoch"] for frame in subscribed}) == 2  # a new life of the history
+        page.close()
+    finally:
+        for started in demos:
+            started.stop()
+
+
 # -- live.js's logic against fake transports -------------------------------------------------
 
 
@@ -671,5 +947,5 @@ def test_live_js_logic(browser: Browser, demo: Demo) -> None:
     results: dict[str, Any] = page.evaluate("window.results")
     failures = [f"{name}: {outcome}" for name, outcome in results.items() if outcome != "ok"]
     assert not failures, "\n".join(failures)
-    assert len(results) >= 14, json.dumps(results)
+    assert len(results) >= 20, json.dumps(results)
     page.close()

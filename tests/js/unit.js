@@ -670,4 +670,460 @@ await check("server down at first: SSE fails too, so back to the WebSocket", asy
   live.close();
 });
 
+// -- snapshot channels -------------------------------------------------------------------------
+
+/** A live client on fake sockets with one snapshot subscription to "users", recorded. */
+async function snapshotted(options = {}) {
+  const Socket = fakeSockets();
+  const seen = {events: [], typed: [], snapshots: []};
+  const live = connect("ws://example.test/live", {
+    WebSocket: Socket,
+    EventSource: null,
+    backoff: [1, 2],
+    ...options,
+  });
+  const record = (event) => seen.events.push([event.offset, event.data.id, event.version]);
+  live.subscribe("users", record, {
+    onSnapshot: (docs, {more}) => {
+      seen.snapshots.push([docs.map((doc) => doc.id), more]);
+    },
+  });
+  live.on("updated_user", (event) => seen.typed.push([event.data.id, event.version]));
+  await until(() => Socket.instances.length === 1, "a socket");
+  const socket = Socket.instances[0];
+  socket.open();
+  return {live, Socket, socket, seen};
+}
+
+const item = (id, version, fields = {}) => ({version, data: {id, ...fields}});
+const model = (type, offset, id, version) => ({
+  type,
+  channel: "users",
+  offset,
+  version,
+  data: {id},
+});
+
+await check("snapshot: asked for, delivered; events not newer than it are dropped", async () => {
+  const {live, socket, seen} = await snapshotted();
+  const first = socket.sent[0];
+  equal(
+    [first.type, first.channel, first.snapshot, "since" in first],
+    ["subscribe", "users", true, false],
+    "the subscribe asks for a snapshot",
+  );
+  socket.push({
+    type: "subscribed",
+    channel: "users",
+    offset: 5,
+    epoch: "e",
+    snapshot: [item("a", 3, {name: "Ada"}), item("b", 1)],
+    more: false,
+    id: first.id,
+  });
+  equal(seen.snapshots, [[["a", "b"], false]], "onSnapshot(docs, {more}), in the server's order");
+  equal(live.state, "live", "live");
+  equal(
+    [live.version("users", "a"), live.version("users", "b"), live.version("users", "c")],
+    [3, 1, null],
+    "version() is the snapshot's",
+  );
+  await pause(0);
+  socket.push(model("updated_user", 6, "a", 2)); // older than the snapshot: dropped
+  socket.push(model("updated_user", 7, "a", 3)); // the snapshot shows it already: dropped
+  socket.push(model("updated_user", 8, "a", 4));
+  socket.push(model("updated_user", 9, "b", 2));
+  socket.push(model("created_user", 10, "c", 1));
+  socket.push({type: "notice", channel: "users", offset: 11, data: {id: "a"}}); // no version
+  equal(
+    seen.events,
+    [
+      [8, "a", 4],
+      [9, "b", 2],
+      [10, "c", 1],
+      [11, "a", undefined],
+    ],
+    "only newer events, and those without a version",
+  );
+  equal(
+    seen.typed,
+    [
+      ["a", 4],
+      ["b", 2],
+    ],
+    "on() listeners get the same",
+  );
+  equal([live.version("users", "a"), live.version("users", "c")], [4, 1], "version() follows");
+  socket.push(model("deleted_user", 12, "a", 5));
+  equal(live.version("users", "a"), null, "deleted: forgotten");
+  socket.push(model("created_user", 13, "a", 1)); // made again with the same id
+  socket.push(model("updated_user", 14, "a", 1)); // a repeat of that version: dropped
+  socket.push(model("updated_user", 15, "a", 2));
+  equal(
+    seen.events.slice(4).map(([offset]) => offset),
+    [12, 13, 15],
+    "a document made again starts over at version 1",
+  );
+  equal(live.position("users"), {epoch: "e", offset: 15}, "every offset counts");
+  live.subscribe("others", null);
+  equal(live.version("others", "a"), null, "no versions on a channel without onSnapshot");
+  equal("snapshot" in socket.sent[1], false, "which asks for no snapshot");
+  live.close();
+});
+
+await check("snapshot: over SSE the URL asks for it, after a re-creation too", async () => {
+  const Source = fakeSources();
+  const snapshots = [];
+  const events = [];
+  const live = connect("http://example.test/live", {
+    WebSocket: undefined,
+    EventSource: Source,
+    backoff: [1, 2],
+  });
+  live.subscribe("users", (event) => events.push(event.offset), {
+    onSnapshot: (docs) => {
+      snapshots.push(docs.map((doc) => doc.id));
+    },
+  });
+  await until(() => Source.instances.length === 1, "an event stream");
+  const [a] = Source.instances;
+  equal(query(a.url), {channel: "users", snapshot: "1"}, "&snapshot=1");
+  a.push(
+    {type: "subscribed", channel: "users", offset: 3, epoch: "e", snapshot: [item("x", 2)]},
+    "e:3",
+  );
+  equal([snapshots, live.state], [[["x"]], "live"], "delivered");
+  a.push(model("updated_user", 4, "x", 2), "e:4");
+  a.push(model("updated_user", 5, "x", 3), "e:5");
+  await pause(0);
+  equal(events, [5], "version 2 was in the snapshot");
+  a.error(2); // the browser gave up: a new stream from the position, still asking
+  await until(() => Source.instances.length === 2, "a re-created stream");
+  const b = Source.instances[1];
+  equal(
+    query(b.url),
+    {channel: "users", since: "5", epoch: "e", snapshot: "1"},
+    "since, epoch and snapshot",
+  );
+  b.push({type: "subscribed", channel: "users", offset: 5, epoch: "e", recovered: true}, "e:5");
+  equal(snapshots.length, 1, "recovered: no snapshot");
+  b.error(0); // the browser reconnects with Last-Event-ID; the server restarted meanwhile
+  b.push(
+    {
+      type: "subscribed",
+      channel: "users",
+      offset: 1,
+      epoch: "f",
+      recovered: false,
+      snapshot: [item("x", 3), item("y", 1)],
+    },
+    "f:1",
+  );
+  equal(snapshots, [["x"], ["x", "y"]], "recovered: false comes with a new snapshot");
+  equal(live.position("users"), {epoch: "f", offset: 1}, "its position");
+  live.close();
+});
+
+await check("snapshot: a new one when recovery fails, and after a gap", async () => {
+  const {live, Socket, socket, seen} = await snapshotted();
+  socket.push({
+    type: "subscribed",
+    channel: "users",
+    offset: 5,
+    epoch: "e",
+    snapshot: [item("a", 1)],
+    id: socket.sent[0].id,
+  });
+  socket.drop();
+  await until(() => Socket.instances.length === 2, "a second socket");
+  const second = Socket.instances[1];
+  second.open();
+  const again = second.sent[0];
+  equal([again.since, again.epoch, again.snapshot], [5, "e", true], "since, epoch, snapshot");
+  second.push({
+    type: "subscribed",
+    channel: "users",
+    offset: 2,
+    epoch: "f",
+    recovered: false,
+    snapshot: [item("a", 2), item("b", 1)],
+    id: again.id,
+  });
+  equal(seen.snapshots.length, 2, "recovered: false: a new snapshot");
+  equal(live.position("users"), {epoch: "f", offset: 2}, "position");
+  await pause(0);
+
+  // A gap (3 lost): subscribe again from 2; the server replays 3 and more.
+  second.push(model("updated_user", 4, "a", 4));
+  equal(second.sent.length, 2, "subscribed again");
+  const resync = second.sent[1];
+  equal(
+    [resync.since, resync.epoch, resync.snapshot, seen.events],
+    [2, "f", true, []],
+    "from the offset before the gap; nothing delivered meanwhile",
+  );
+  const notice = {type: "notice", channel: "users", offset: 5, data: {}}; // no version
+  second.push(notice); // the old subscription's, after the gap
+  second.push(model("updated_user", 3, "a", 3)); // the replay
+  second.push(model("updated_user", 4, "a", 4));
+  second.push(notice);
+  second.push({
+    type: "subscribed",
+    channel: "users",
+    offset: 5,
+    epoch: "f",
+    recovered: true,
+    id: resync.id,
+  });
+  second.push(model("updated_user", 6, "a", 5));
+  await pause(0);
+  equal(
+    seen.events.map(([offset]) => offset),
+    [3, 4, 5, 6],
+    "recovered: every event once, in order",
+  );
+  equal(seen.snapshots.length, 2, "and no snapshot");
+
+  // Another gap, and this time the server no longer has the events: a snapshot.
+  second.push(model("updated_user", 9, "a", 8));
+  const third = second.sent[2];
+  equal([third.since, third.snapshot], [6, true], "subscribed again");
+  second.push(model("updated_user", 10, "a", 9)); // superseded by the snapshot
+  second.push({
+    type: "subscribed",
+    channel: "users",
+    offset: 10,
+    epoch: "f",
+    recovered: false,
+    snapshot: [item("a", 9)],
+    id: third.id,
+  });
+  second.push(model("updated_user", 11, "a", 9)); // shown by the snapshot already
+  second.push(model("updated_user", 12, "a", 10));
+  await pause(0);
+  equal(seen.snapshots.length, 3, "a new snapshot");
+  equal(seen.events.map(([offset]) => offset), [3, 4, 5, 6, 12], "then what is newer");
+  equal(
+    [live.position("users"), live.version("users", "a"), live.version("users", "b")],
+    [{epoch: "f", offset: 12}, 10, null],
+    "position and versions",
+  );
+
+  // A stale subscribed (answering a superseded frame) is ignored; and a recovered: false
+  // without a snapshot (a server that sends none then) makes it ask for one.
+  second.drop();
+  await until(() => Socket.instances.length === 3, "a third socket");
+  const fourth = Socket.instances[2];
+  fourth.open();
+  const asked = fourth.sent[0];
+  fourth.push({
+    type: "subscribed",
+    channel: "users",
+    offset: 1,
+    epoch: "g",
+    recovered: false,
+    id: asked.id,
+  });
+  const fresh = fourth.sent[1];
+  equal([fresh.snapshot, "since" in fresh], [true, false], "a new snapshot asked, no since");
+  fourth.push({
+    type: "subscribed",
+    channel: "users",
+    offset: 1,
+    epoch: "g",
+    recovered: false,
+    snapshot: [item("stale", 1)],
+    id: asked.id,
+  });
+  equal(seen.snapshots.length, 3, "the answer to the superseded frame is ignored");
+  fourth.push({
+    type: "subscribed",
+    channel: "users",
+    offset: 1,
+    epoch: "g",
+    snapshot: [],
+    id: fresh.id,
+  });
+  equal(seen.snapshots.length, 4, "delivered");
+  live.close();
+});
+
+await check("snapshot: a pending onSnapshot holds events; a newer one supersedes", async () => {
+  const Socket = fakeSockets();
+  const live = connect("ws://example.test/live", {
+    WebSocket: Socket,
+    EventSource: null,
+    backoff: [1, 2],
+  });
+  const events = [];
+  const typed = [];
+  const finish = [];
+  const shown = [];
+  live.subscribe("users", (event) => events.push(event.offset), {
+    onSnapshot: (docs) =>
+      new Promise((resolve) => {
+        shown.push(docs.map((doc) => doc.id));
+        finish.push(resolve);
+      }),
+  });
+  live.on("created_user", (event) => typed.push(event.offset));
+  await until(() => Socket.instances.length === 1, "a socket");
+  const socket = Socket.instances[0];
+  socket.open();
+  socket.push({
+    type: "subscribed",
+    channel: "users",
+    offset: 0,
+    epoch: "e",
+    snapshot: [],
+    id: socket.sent[0].id,
+  });
+  socket.push(model("created_user", 1, "a", 1));
+  socket.push(model("created_user", 2, "b", 1));
+  await pause(5);
+  equal([events, typed, live.version("users", "a")], [[], [], null], "held while it runs");
+  finish[0]();
+  await pause(0);
+  equal([events, typed, live.version("users", "a")], [[1, 2], [1, 2], 1], "then in order");
+
+  socket.push(model("created_user", 3, "c", 1)); // delivered: nothing pending
+  socket.drop();
+  await until(() => Socket.instances.length === 2, "a second socket");
+  const second = Socket.instances[1];
+  second.open();
+  second.push({
+    type: "subscribed",
+    channel: "users",
+    offset: 0,
+    epoch: "f",
+    recovered: false,
+    snapshot: [item("a", 1)],
+    id: second.sent[0].id,
+  });
+  second.push(model("created_user", 1, "d", 1)); // held behind the new snapshot
+  second.drop();
+  await until(() => Socket.instances.length === 3, "a third socket");
+  const third = Socket.instances[2];
+  third.open();
+  third.push({
+    type: "subscribed",
+    channel: "users",
+    offset: 1,
+    epoch: "g",
+    recovered: false,
+    snapshot: [item("a", 1), item("d", 1)],
+    id: third.sent[0].id,
+  });
+  await pause(5);
+  equal(shown, [[], ["a"]], "one onSnapshot at a time: the third waits");
+  finish[1]();
+  await pause(0);
+  equal(shown, [[], ["a"], ["a", "d"]], "then the newest snapshot");
+  third.push(model("created_user", 2, "e", 1));
+  finish[2]();
+  await pause(0);
+  equal(events, [1, 2, 3, 2], "the event the newest snapshot shows was never delivered");
+  live.close();
+});
+
+await check("snapshot: no_snapshot goes to onError; onSnapshot excludes onRefetch", async () => {
+  const Socket = fakeSockets();
+  const live = connect("ws://example.test/live", {WebSocket: Socket, EventSource: null});
+  const errors = [];
+  live.subscribe("plain", null, {
+    onSnapshot: () => {},
+    onError: (error) => errors.push([error instanceof LiveError, error.code]),
+  });
+  await until(() => Socket.instances.length === 1, "a socket");
+  const socket = Socket.instances[0];
+  socket.open();
+  socket.push({
+    type: "error",
+    code: "no_snapshot",
+    message: "'plain' has no snapshot",
+    channel: "plain",
+    id: socket.sent[0].id,
+  });
+  equal([errors, live.state], [[[true, "no_snapshot"]], "live"], "onError, and live");
+  const thrown = [];
+  for (const attempt of [
+    () => live.subscribe("users", null, {onSnapshot: () => {}, onRefetch: () => {}}),
+    () => live.subscribe("users", null, {onSnapshot: "no"}),
+    () => live.subscribe("plain", null, {onRefetch: () => {}}),
+  ]) {
+    try {
+      attempt();
+      thrown.push(null);
+    } catch (error) {
+      thrown.push(error instanceof TypeError);
+    }
+  }
+  live.subscribe("refetched", null, {onRefetch: () => {}});
+  try {
+    live.subscribe("refetched", null, {onSnapshot: () => {}});
+    thrown.push(null);
+  } catch (error) {
+    thrown.push(error instanceof TypeError);
+  }
+  equal(thrown, [true, true, true, true], "TypeErrors");
+  live.close();
+
+  // Over SSE, the stream's refusal (HTTP 400 with the error frame).
+  const Source = fakeSources();
+  const fetch = async () => ({
+    status: 400,
+    json: async () => ({type: "error", code: "no_snapshot", message: "none"}),
+  });
+  const sse = connect("/live", {WebSocket: undefined, EventSource: Source, fetch});
+  const refused = [];
+  sse.subscribe("plain", null, {
+    onSnapshot: () => {},
+    onError: (error) => refused.push(error.code),
+  });
+  await until(() => Source.instances.length === 1, "an event stream");
+  Source.instances[0].error(2);
+  await until(() => refused.length === 1, "onError over SSE");
+  equal(refused, ["no_snapshot"], "over SSE");
+  sse.close();
+});
+
+await check("snapshot: another onSnapshot, or a refetch_ event, asks for a new one", async () => {
+  const {live, socket, seen} = await snapshotted();
+  const early = [];
+  // Before the first answer: it shares the snapshot already asked for.
+  live.subscribe("users", null, {onSnapshot: (docs) => early.push(docs.length)});
+  equal(socket.sent.length, 1, "no second frame");
+  socket.push({
+    type: "subscribed",
+    channel: "users",
+    offset: 4,
+    epoch: "e",
+    snapshot: [item("a", 1)],
+    id: socket.sent[0].id,
+  });
+  equal([seen.snapshots.length, early], [1, [1]], "both got it");
+  await pause(0);
+  socket.push(model("updated_user", 5, "a", 2));
+  const late = [];
+  live.subscribe("users", null, {onSnapshot: (docs) => late.push(docs.length)});
+  const asked = socket.sent[1];
+  equal([asked.snapshot, "since" in asked], [true, false], "a later one: a new snapshot");
+  socket.push(model("updated_user", 6, "a", 3)); // still delivered meanwhile
+  socket.push({
+    type: "subscribed",
+    channel: "users",
+    offset: 8,
+    epoch: "e",
+    snapshot: [item("a", 5), item("b", 1)],
+    id: asked.id,
+  });
+  equal([seen.snapshots.length, early, late], [2, [1, 2], [2]], "every onSnapshot gets it");
+  await pause(0);
+  socket.push({type: "refetch_user", channel: "users", offset: 9, data: {reason: "many"}});
+  equal(seen.events.map(([offset]) => offset), [5, 6, 9], "the refetch_ event is delivered");
+  const again = socket.sent[2];
+  equal([again.snapshot, "since" in again], [true, false], "and a new snapshot asked");
+  live.close();
+});
+
 window.results = results;

@@ -7,6 +7,7 @@
  *
  *     const live = connect("/live", {onState: (state) => show(state)});
  *     const stop = live.subscribe("users", (event) => apply(event), {onRefetch: loadUsers});
+ *     live.subscribe("users", (event) => apply(event), {onSnapshot: (users) => show(users)});
  *     live.on("updated_user", (event) => console.log(event.data.name));
  *     const taken = await live.request("email_taken", "ada@example.com");   // the reply's data
  *     live.send("typing", {field: "email"});                                // no reply awaited
@@ -19,8 +20,8 @@
  *     onState(state, live)  called on every change of live.state (see below).
  *     onError(error, live)  called with a LiveError for problems tied to no Promise: an error
  *                           frame without id (the server's answer to a failed send()), a
- *                           send() that could not go out, an onRefetch that failed, an
- *                           unreadable frame. Default: console.warn.
+ *                           send() that could not go out, an onRefetch or onSnapshot that
+ *                           failed, an unreadable frame. Default: console.warn.
  *     backoff: [firstMs, maxMs]   reconnect delays, default [500, 10000]: before attempt n
  *                           (0, 1, 2, ...) it waits min(maxMs, firstMs * 2**n) times a random
  *                           factor in [0.5, 1) (jitter, so that a restarted server is not hit
@@ -31,12 +32,13 @@
  *                           transport to send on, default 10000.
  *     WebSocket, EventSource, fetch   the implementations to use (default: the globals).
  *
- * live.subscribe(channel, handler?, {onRefetch?, onError?}) -> unsubscribe()
+ * live.subscribe(channel, handler?, {onRefetch?, onSnapshot?, onError?}) -> unsubscribe()
  *   handler(event) receives each event of the channel, a frame object
- *   {type, channel, offset, data}, once, in offset order. The client tracks the last offset
- *   seen per channel; on every (re)connect it subscribes again with since = that offset and
- *   the channel's epoch, so the server sends what was missed; events at or below the last
- *   offset are dropped, never delivered twice.
+ *   {type, channel, offset, data} (a model's events also carry the document's version),
+ *   once, in offset order. The client tracks the last offset seen per channel; on every
+ *   (re)connect it subscribes again with since = that offset and the channel's epoch, so
+ *   the server sends what was missed; events at or below the last offset are dropped,
+ *   never delivered twice.
  *   onRefetch() is where the page loads the channel's state (GET /users): it is called
  *     - once for each subscribe() call, when the server first confirms the subscription (so
  *       the initial load and every later reload happen in one place);
@@ -49,9 +51,38 @@
  *     Promise: until that settles, the channel's events are held back, then delivered in
  *     order, so apply them on top of what was fetched (they may repeat what it already shows;
  *     created/updated/deleted events carry whole documents, so applying them again is safe).
+ *   onSnapshot(docs, {more}) makes it a snapshot channel: the client subscribes with
+ *     "snapshot": true (over SSE, &snapshot=1) and the server's "subscribed" carries the
+ *     channel's current documents, so the page needs no separate load. docs is the list of
+ *     documents (each snapshot item's data) in the server's order; more is true when the
+ *     server's limit cut it short. It is called
+ *     - at the first confirmation (for every onSnapshot subscription of the channel, also
+ *       when a later subscribe() adds one: the client asks for a new snapshot then);
+ *     - whenever the client has to start over: after a reconnect the server answers
+ *       recovered: false (new epoch, history gone) with a new snapshot; after a gap in the
+ *       offsets the client subscribes again from its last offset, and the server sends the
+ *       missed events or, if it no longer has them, a new snapshot; an event refetch_<name>
+ *       (what models send for a write too big to announce document by document) makes it
+ *       ask for a new snapshot;
+ *     - at the next confirmation again (with a new snapshot), if it threw or its Promise
+ *       rejected (reported as "snapshot_failed").
+ *     It is never called when the server recovered every missed event. A snapshot replaces
+ *     the whole state: the events that had not been delivered before it are dropped (it
+ *     shows them), and the position becomes the snapshot's. While the Promise it returns
+ *     (if any) is pending, the channel's events are held back, as for onRefetch.
+ *     The client remembers the version of every document the snapshot and later events
+ *     showed, and delivers an event with a version (model events) only if it is newer than
+ *     that for event.data.id, so nothing older than what the page shows reaches handler or
+ *     live.on() listeners; after a deleted_* event it forgets the id (a document made again
+ *     with that id starts over at version 1). Events without a version always pass.
+ *     onSnapshot and onRefetch exclude each other, for a call and for a channel: giving
+ *     both, or one where the channel's other subscriptions use the other, throws a
+ *     TypeError. Subscriptions with only a handler may join either kind of channel.
+ *     A server without a snapshot of the channel refuses it: onError gets "no_snapshot".
  *   onError(error) is called with a LiveError when the server refuses the channel
- *     (error.code "forbidden", "invalid_channel", "too_many_channels", "unavailable", ...).
- *     The subscription stays registered and is tried again at the next reconnect.
+ *     (error.code "forbidden", "invalid_channel", "too_many_channels", "unavailable",
+ *     "no_snapshot", ...). The subscription stays registered and is tried again at the
+ *     next reconnect.
  *   unsubscribe() removes this handler; when a channel has no handlers left, the client
  *   leaves it (an "unsubscribe" frame, or closes its event stream).
  *
@@ -59,7 +90,8 @@
  *   handler(event) for every event of that type on any subscribed channel: the talk's
  *   if (message.type == "updated_user") style. It subscribes to nothing by itself, and an
  *   event published to two subscribed channels (users and users/<id>) comes once per channel.
- *   Subscription handlers run first; both are held back while an onRefetch is pending.
+ *   Subscription handlers run first; both are held back while an onRefetch or onSnapshot
+ *   is pending, and on a snapshot channel both get only events newer than the page shows.
  *
  * live.request(type, data?) -> Promise of the reply's data
  *   An application message, answered by the handler's method declared for that type with
@@ -85,7 +117,13 @@
  * live.position(channel) -> {epoch, offset} | null
  *   Where the client is in a subscribed channel: the epoch of the server's last "subscribed"
  *   and the last offset seen (null before the first "subscribed"). Within an epoch it never
- *   moves backwards; a new epoch (the server's history started over) starts it again.
+ *   moves backwards; a new epoch (the server's history started over) starts it again, and
+ *   so does a new snapshot (the events after the snapshot's offset come next).
+ *
+ * live.version(channel, id) -> number | null
+ *   On a snapshot channel, the version of document `id` the page was given (by the last
+ *   snapshot delivered or a later event): the one the page shows. null for a document it
+ *   does not know (or knows as deleted), and on a channel subscribed without onSnapshot.
  *
  * live.state: "connecting" | "live" | "reconnecting" | "closed"
  *   "connecting" until the client is live for the first time (including failed first
@@ -105,7 +143,8 @@
  * opened (it errors or closes before "open") twice in a row, or the WebSocket constructor is
  * missing, the client uses Server-Sent Events: exactly one EventSource per subscribed
  * channel, at <HTTP URL>?channel=<c>, plus &since=<offset>&epoch=<epoch> when the client
- * already has a position in the channel; request() and send() become POSTs to the HTTP URL.
+ * already has a position in the channel (and &snapshot=1 for a snapshot channel); request()
+ * and send() become POSTs to the HTTP URL.
  * The server gives every event and "subscribed" message the id <epoch>:<offset>, so when a
  * stream drops, the browser's own reconnect sends Last-Event-ID: <epoch>:<offset> (the last
  * one received), which the server prefers to the URL's since: it recovers from there, and the
@@ -214,19 +253,43 @@ export class Live {
 
   // -- the API ----------------------------------------------------------------------------------
 
-  subscribe(channel, handler = null, {onRefetch = null, onError = null} = {}) {
+  subscribe(channel, handler = null, {onRefetch = null, onSnapshot = null, onError = null} = {}) {
     if (typeof channel !== "string" || channel === "") {
       throw new TypeError(
         `live.js: a channel is a non-empty string, got ${JSON.stringify(channel)}`,
       );
     }
-    const subscription = {handler, onRefetch, onError, ready: false};
-    if (this.state === "closed") return () => {};
+    if (onSnapshot !== null && typeof onSnapshot !== "function") {
+      throw new TypeError("live.js: onSnapshot is a function");
+    }
+    if (onSnapshot && onRefetch) {
+      throw new TypeError(
+        `live.js: subscribe("${channel}") takes onSnapshot or onRefetch, not both: ` +
+          "a snapshot is the state onRefetch would load",
+      );
+    }
+    const subscription = {handler, onRefetch, onSnapshot, onError, ready: false};
     let record = this.#channels.get(channel);
+    if (record && onRefetch && record.snapshot) {
+      throw new TypeError(
+        `live.js: "${channel}" is subscribed with onSnapshot; onRefetch cannot join it`,
+      );
+    }
+    if (record && onSnapshot && [...record.subscriptions].some((other) => other.onRefetch)) {
+      throw new TypeError(
+        `live.js: "${channel}" is subscribed with onRefetch; onSnapshot cannot join it`,
+      );
+    }
+    if (this.state === "closed") return () => {};
     if (record === undefined) {
       record = {
         name: channel,
         subscriptions: new Set(),
+        snapshot: onSnapshot !== null, // a snapshot channel: subscribed with "snapshot": true
+        versions: new Map(), // snapshot channels: document id -> the version delivered
+        fresh: false, // the next subscribe asks for a new snapshot (no since)
+        awaiting: false, // a subscribe asking for a new snapshot is unanswered
+        resync: null, // after a gap (snapshot channels): the events held until "subscribed"
         epoch: null,
         offset: null, // the last offset seen; null until the first "subscribed"
         confirmed: false, // "subscribed" received on the current connection
@@ -245,7 +308,13 @@ export class Live {
       this.#join(record);
     } else {
       record.subscriptions.add(subscription);
-      if (record.confirmed) queueMicrotask(() => this.#refetch(record, [subscription]));
+      if (onSnapshot) {
+        // Its first snapshot is a new one, for every onSnapshot of the channel.
+        record.snapshot = true;
+        this.#startOver(record);
+      } else if (record.confirmed && !record.snapshot) {
+        queueMicrotask(() => this.#refetch(record, [subscription]));
+      }
     }
     return () => {
       if (!record.subscriptions.delete(subscription) || record.subscriptions.size > 0) return;
@@ -258,6 +327,13 @@ export class Live {
   position(channel) {
     const record = this.#channels.get(channel);
     return record && record.offset !== null ? {epoch: record.epoch, offset: record.offset} : null;
+  }
+
+  version(channel, id) {
+    const record = this.#channels.get(channel);
+    const key = idKey(id);
+    if (!record?.snapshot || key === null) return null;
+    return record.versions.get(key) ?? null;
   }
 
   on(type, handler) {
@@ -465,6 +541,7 @@ export class Live {
     for (const record of this.#channels.values()) {
       record.confirmed = false;
       record.requestId = null;
+      record.awaiting = false;
     }
     for (const [id, request] of this.#pending) {
       if (request.socket === socket) {
@@ -495,10 +572,13 @@ export class Live {
   #subscribeFrame(record) {
     const id = this.#nextId++;
     const frame = {type: "subscribe", channel: record.name, id};
-    if (record.offset !== null && record.epoch !== null) {
+    const since = record.offset !== null && record.epoch !== null && !record.fresh;
+    if (since) {
       frame.since = record.offset;
       frame.epoch = record.epoch;
     }
+    if (record.snapshot) frame.snapshot = true;
+    record.awaiting = record.snapshot && !since;
     record.requestId = id;
     this.#socket.send(JSON.stringify(frame));
   }
@@ -520,10 +600,11 @@ export class Live {
   #streamUrl(record) {
     const url = new URL(this.#urls.http);
     url.searchParams.set("channel", record.name);
-    if (record.offset !== null && record.epoch !== null) {
+    if (record.offset !== null && record.epoch !== null && !record.fresh) {
       url.searchParams.set("since", String(record.offset));
       url.searchParams.set("epoch", record.epoch);
     }
+    if (record.snapshot) url.searchParams.set("snapshot", "1");
     return url.href;
   }
 
@@ -536,6 +617,7 @@ export class Live {
     record.source = source;
     record.sourceSpoke = false;
     record.confirmed = record.refused = false;
+    record.awaiting = record.snapshot && !new URL(url).searchParams.has("since");
     source.onmessage = (message) => {
       if (record.source !== source) return;
       record.sourceSpoke = true;
@@ -606,6 +688,7 @@ export class Live {
     }
     this.#settled ??= "sse";
     record.refused = true;
+    record.awaiting = false;
     this.#refused(record, frame);
     this.#update();
   }
@@ -656,6 +739,7 @@ export class Live {
           request.reject(errorOf(frame));
         } else if (refused) {
           refused.refused = true;
+          refused.awaiting = false;
           this.#refused(refused, frame);
           this.#update();
         } else {
@@ -670,6 +754,13 @@ export class Live {
   }
 
   #subscribed(record, frame) {
+    if (record.snapshot) {
+      record.confirmed = true;
+      record.refused = false;
+      this.#snapshotSubscribed(record, frame);
+      this.#update();
+      return;
+    }
     const first = record.offset === null;
     // Subscribed again without asking to recover (an event stream reconnecting without
     // Last-Event-ID): events were lost if the channel moved on, or its history was reset.
@@ -692,16 +783,158 @@ export class Live {
     this.#update();
   }
 
+  /** A snapshot channel's "subscribed": a new snapshot, or the missed events recovered. */
+  #snapshotSubscribed(record, frame) {
+    const buffered = record.resync ?? [];
+    record.resync = null;
+    record.awaiting = false;
+    const epoch = frame.epoch ?? null;
+    if (Array.isArray(frame.snapshot)) {
+      // The state at frame.offset: it supersedes whatever waits to be delivered, and the
+      // position follows it (the events after it come next, whatever was seen before).
+      record.epoch = epoch;
+      record.offset = frame.offset;
+      record.fresh = false;
+      record.queue = [{snapshot: frame}];
+      this.#drain(record);
+      return;
+    }
+    if (frame.recovered === false) {
+      // Not recovered, and no snapshot came with it: ask for one.
+      record.epoch = epoch;
+      record.offset = frame.offset;
+      this.#startOver(record);
+      return;
+    }
+    if (frame.recovered === undefined) {
+      // Asked for a snapshot without since, and none came: the server has none to give.
+      record.epoch = epoch;
+      record.offset = frame.offset;
+      record.fresh = false;
+      this.#refused(record, {
+        type: "error",
+        code: "no_snapshot",
+        message: `the server sent no snapshot of ${record.name}`,
+        channel: record.name,
+      });
+      return;
+    }
+    // Recovered: the missed events came before this frame (held in `buffered` after a gap:
+    // the old subscription's events after the gap, and the server's replay from the offset
+    // before it, so each at most twice; in offset order, once each).
+    const replay = buffered
+      .filter((event) => event.offset > record.offset && event.offset <= frame.offset)
+      .sort((a, b) => a.offset - b.offset)
+      .filter((event, index, events) => index === 0 || events[index - 1].offset !== event.offset);
+    for (const event of replay) this.#accept(record, event);
+    record.offset = Math.max(record.offset, frame.offset);
+    if (record.fresh) this.#startOver(record);
+  }
+
   #event(record, frame) {
+    if (record.resync !== null) {
+      record.resync.push(frame); // until the "subscribed" answering the resubscription
+      return;
+    }
     if (record.offset === null || frame.offset <= record.offset) return; // not ours yet, or seen
-    const gap = frame.offset > record.offset + 1;
+    if (frame.offset > record.offset + 1) {
+      // A gap: events were lost.
+      if (record.snapshot) {
+        // Subscribe again from the last offset seen: the server sends the missed events,
+        // or a new snapshot if it no longer has them.
+        record.resync = [frame];
+        this.#resubscribe(record);
+        return;
+      }
+      this.#refetch(record, [...record.subscriptions]);
+    }
+    this.#accept(record, frame);
+  }
+
+  /** The channel's next event, in offset order: delivered, or queued behind a hold. */
+  #accept(record, frame) {
     record.offset = frame.offset;
-    if (gap) this.#refetch(record, [...record.subscriptions]);
-    if (record.holds > 0) record.queue.push(frame);
+    if (record.holds > 0 || record.queue.length > 0) record.queue.push(frame);
     else this.#deliver(record, frame);
+    // What models send when a write was too big to announce document by document.
+    const refetch = typeof frame.type === "string" && frame.type.startsWith("refetch_");
+    if (record.snapshot && refetch && frame.version === undefined) this.#startOver(record);
+  }
+
+  /** A snapshot channel needs a new snapshot: subscribe again without since. */
+  #startOver(record) {
+    record.fresh = true;
+    if (!record.awaiting) this.#resubscribe(record);
+  }
+
+  /** Send the channel's subscribe again (a new frame, or a new event stream). */
+  #resubscribe(record) {
+    if (this.transport === "websocket") {
+      if (this.#socket?.readyState === OPEN) {
+        record.confirmed = false;
+        this.#subscribeFrame(record);
+      }
+    } else if (this.transport === "sse" && record.source !== null) {
+      this.#openStream(record); // else the stream about to be made asks as it should
+    }
+  }
+
+  /** Deliver what waits, in order, until a pending callback holds the channel again. */
+  #drain(record) {
+    while (record.holds === 0 && record.queue.length > 0) {
+      const item = record.queue.shift();
+      if (item.snapshot) this.#showSnapshot(record, item.snapshot);
+      else this.#deliver(record, item);
+    }
+  }
+
+  /** The versions the snapshot shows become the channel's; then each onSnapshot. */
+  #showSnapshot(record, frame) {
+    const items = frame.snapshot.filter((item) => item !== null && typeof item === "object");
+    record.versions = new Map();
+    for (const item of items) {
+      const key = idKey(item.data?.id);
+      if (key !== null && Number.isInteger(item.version)) record.versions.set(key, item.version);
+    }
+    const more = frame.more === true;
+    const calls = [...record.subscriptions]
+      .filter((subscription) => subscription.onSnapshot)
+      .map(
+        (subscription) =>
+          new Promise((resolve) =>
+            resolve(subscription.onSnapshot(items.map((item) => item.data), {more})),
+          ),
+      );
+    record.holds += 1;
+    Promise.allSettled(calls).then((results) => {
+      for (const result of results.filter((result) => result.status === "rejected")) {
+        record.fresh = true; // a new snapshot at the next confirmation
+        this.#error(
+          new LiveError(
+            "snapshot_failed",
+            `onSnapshot failed for ${record.name}: ${result.reason}`,
+          ),
+        );
+      }
+      record.holds -= 1;
+      this.#drain(record);
+    });
+  }
+
+  /** For a snapshot channel: is the event newer than what was delivered of its document? */
+  #newer(record, frame) {
+    const key = idKey(frame.data?.id);
+    if (!Number.isInteger(frame.version) || key === null) return true;
+    const known = record.versions.get(key);
+    if (known !== undefined && frame.version <= known) return false;
+    // Gone: a document made again with that id starts over at version 1.
+    if (String(frame.type).startsWith("deleted_")) record.versions.delete(key);
+    else record.versions.set(key, frame.version);
+    return true;
   }
 
   #deliver(record, frame) {
+    if (record.snapshot && !this.#newer(record, frame)) return;
     for (const subscription of [...record.subscriptions]) {
       if (subscription.handler) call(subscription.handler, frame);
     }
@@ -725,7 +958,7 @@ export class Live {
         );
       }
       record.holds -= 1;
-      while (record.holds === 0 && record.queue.length) this.#deliver(record, record.queue.shift());
+      this.#drain(record);
     });
   }
 
@@ -857,6 +1090,12 @@ function encode(frame, verb) {
   } catch (error) {
     throw new TypeError(`live.js: ${verb}("${frame.type}", data): data is not JSON: ${error}`);
   }
+}
+
+/** A document id as the key of a version: a string (a number becomes one), else null. */
+function idKey(id) {
+  if (typeof id === "string") return id;
+  return typeof id === "number" && Number.isFinite(id) ? String(id) : null;
 }
 
 function errorOf(frame) {
