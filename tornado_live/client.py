@@ -240,10 +240,12 @@ class Client:
         if versions is None:
             return False
         if frame.get("type") == "subscribed":
+            if "snapshot" in frame:  # a new state: what the client shows starts over
+                versions.clear()
             for item in frame.get("snapshot") or ():
                 data, version = item.get("data") or {}, item.get("version")
                 if isinstance(data.get("id"), str) and isinstance(version, int):
-                    versions[data["id"]] = max(version, versions.get(data["id"], 0))
+                    versions[data["id"]] = version
             return False
         version, data = frame.get("version"), frame.get("data")
         if not (isinstance(version, int) and isinstance(data, dict)):
