@@ -142,16 +142,20 @@ class BoardResource(JsonHandler):
         self.set_header("ETag", f'"{task.version}"')
         self.write_json(task.public())
 
-    def stale(self, exc: StaleError, asked: int | None) -> None:
+    async def stale(self, task: Task, exc: StaleError, asked: int | None) -> None:
         """Answer 412: the task is no longer at the version If-Match gave (its ``ETag``
         says where it is)."""
+        current = exc.current
+        if current is None:  # delete(version=...) does not say
+            now = await self.tasks.get(task.id)
+            current = None if now is None else now.version
         self.set_status(412)
-        if exc.current is not None:
-            self.set_header("ETag", f'"{exc.current}"')
+        if current is not None:
+            self.set_header("ETag", f'"{current}"')
         self.write_json(
             {
                 "error": f"the task changed since version {asked}: it is at version "
-                f"{exc.current} now; nothing was written (reload it and try again)"
+                f"{current} now; nothing was written (reload it and try again)"
             }
         )
 
@@ -215,7 +219,7 @@ class TaskHandler(BoardResource):
             # Only these fields; with If-Match, only if the task is still at that version.
             await self.announced(task.patch(fields, version=version))
         except StaleError as exc:
-            self.stale(exc, version)
+            await self.stale(task, exc, version)
             return
         except LookupError:
             raise tornado.web.HTTPError(404, f"no task {id} on team {self.member.team}") from None
@@ -227,7 +231,7 @@ class TaskHandler(BoardResource):
         try:
             deleted = await self.announced(task.delete(version=version))
         except StaleError as exc:
-            self.stale(exc, version)
+            await self.stale(task, exc, version)
             return
         if not deleted:
             raise tornado.web.HTTPError(404, f"no task {id} on team {self.member.team}")
