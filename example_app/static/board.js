@@ -234,9 +234,10 @@ function showBoard(board) {
       avatar.setAttribute("aria-hidden", "true");
       who.append(avatar, element("span", "assignee", task.assignee === me ? "you" : task.assignee));
       if (task.assignee === me) who.append(button("Release", "release", () => release(task)));
-    } else {
+    } else if (!task.done) {
       who.append(button("Claim", "claim", () => claim(task)));
     }
+    who.title = task.assignee ? `claimed by ${task.assignee}` : "nobody has claimed it";
 
     const move = element("select", "move");
     move.setAttribute("aria-label", "Move to another team");
