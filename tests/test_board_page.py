@@ -22,6 +22,22 @@ from pymongo import MongoClient
 #: What "at once" means here: milliseconds for a change to show on another page.
 SOON = 1000
 
+#: A WebSocket that fails as on a network that blocks them: live.js falls back to
+#: Server-Sent Events (and POSTs for its messages).
+BLOCK_WEBSOCKETS = """
+window.WebSocket = class BlockedWebSocket extends EventTarget {
+  constructor(url) {
+    super();
+    setTimeout(() => {
+      this.onerror?.(new Event("error"));
+      this.onclose?.(new CloseEvent("close", {code: 1006, wasClean: false}));
+    }, 20);
+  }
+  send() { throw new DOMException("Still in CONNECTING state.", "InvalidStateError"); }
+  close() {}
+};
+"""
+
 #: Uncaught exceptions of this test's pages (the page must never throw).
 PAGE_ERRORS: list[str] = []
 
@@ -43,11 +59,18 @@ def contexts(browser: Browser) -> Iterator[list[BrowserContext]]:
 
 
 def signed_in(
-    contexts: list[BrowserContext], browser: Browser, url: str, name: str, team: str
+    contexts: list[BrowserContext],
+    browser: Browser,
+    url: str,
+    name: str,
+    team: str,
+    *scripts: str,
 ) -> Page:
     """A page of a browser of its own, signed in to ``team`` through the page's form."""
     context = browser.new_context()
     contexts.append(context)
+    for script in scripts:
+        context.add_init_script(script)
     page = context.new_page()
     page.on("pageerror", lambda error: PAGE_ERRORS.append(f"{name}: {error}"))
     page.goto(url + "/board")
@@ -184,3 +207,20 @@ def test_a_412_and_a_refused_claim_are_shown(
     )
     notice.locator("button").click()
     expect(notice).to_be_hidden()
+
+
+def test_the_board_over_server_sent_events(
+    browser: Browser, demo: Demo, contexts: list[BrowserContext]
+) -> None:
+    """With WebSockets blocked: the snapshot over an event stream, the claim as a POST."""
+    ann = signed_in(contexts, browser, demo.url, "ann", "red", BLOCK_WEBSOCKETS)
+    bob = signed_in(contexts, browser, demo.url, "bob", "red", BLOCK_WEBSOCKETS)
+    for page in (ann, bob):
+        assert page.evaluate("live.transport") == "sse"
+    add(ann, "Over event streams")
+    card(bob, "Over event streams").locator("button.claim").click()
+    expect(card(ann, "Over event streams").locator(".assignee")).to_have_text("bob", timeout=SOON)
+    # A page opened now gets the board in its stream's first message (the snapshot).
+    cy = signed_in(contexts, browser, demo.url, "cy", "red", BLOCK_WEBSOCKETS)
+    expect(card(cy, "Over event streams").locator(".assignee")).to_have_text("bob")
+    expect(cy.locator(".card")).to_have_count(1)
