@@ -12,7 +12,15 @@ from typing import Any, TypeVar
 import tornado.web
 import tornado.websocket
 
-from tornado_live import Hub, LiveMixin, PublishError, Refused, message, static_route
+from tornado_live import (
+    Hub,
+    LiveMixin,
+    PublishError,
+    Refused,
+    StaleError,
+    message,
+    static_route,
+)
 
 from .board import (
     BoardPage,
@@ -199,6 +207,8 @@ class Live(LiveMixin, tornado.websocket.WebSocketHandler):
             raise Refused(
                 "unannounced", f"saved, but the change was not announced to live pages: {exc}"
             ) from exc
+        except StaleError as exc:  # others kept writing it: nothing was written
+            raise Refused("busy", f"the task kept changing; try again ({exc})") from exc
 
 
 # --8<-- [start:page]

@@ -144,7 +144,11 @@ class BoardResource(JsonHandler):
 
     async def stale(self, task: Task, exc: StaleError, asked: int | None) -> None:
         """Answer 412: the task is no longer at the version If-Match gave (its ``ETag``
-        says where it is)."""
+        says where it is); or, without If-Match, 409: it kept changing under the write."""
+        if asked is None:  # no If-Match: the write lost to others too many times in a row
+            self.set_status(409)
+            self.write_json({"error": f"the task kept changing; nothing was written ({exc})"})
+            return
         current = exc.current
         if current is None:  # delete(version=...) does not say
             now = await self.tasks.get(task.id)

@@ -30,7 +30,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPResponse
 
 from example_app.store import memory_collection
 from example_app.tasks import Task
-from tornado_live import Client, ClientError, Hub
+from tornado_live import Client, ClientError, Hub, StaleError
 from tornado_live.testing import ws_url
 
 #: The private field's value: it must appear in no response and no frame.
@@ -637,3 +637,24 @@ async def test_the_board_is_live_across_processes(
     claimed = await watcher.request("claim", {"id": task["id"]})  # written through there
     assert claimed["assignee"] == "ann"
     assert (await watcher.receive(timeout=10))["data"] == claimed
+
+
+@pytest.mark.gen_test
+async def test_a_write_that_keeps_losing_is_409_not_412(
+    board: Callable[[], Board], tasks: type[Task], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without If-Match there is no version to be stale against: a patch() that lost to
+    other writers every time it tried (StaleError) is a conflict, said as such."""
+    ann = await board().sign_in("ann", "red")
+    task = await ann.add()
+
+    async def busy(self: Task, fields: Any, *, version: int | None = None) -> Task:
+        raise StaleError("task kept changing during 5 attempts; nothing was written")
+
+    monkeypatch.setattr(tasks, "patch", busy)
+    response = await ann.call("PATCH", f"/board/tasks/{task['id']}", {"done": True})
+    assert response.code == 409
+    assert json.loads(response.body) == {
+        "error": "the task kept changing; nothing was written (task kept changing during 5 "
+        "attempts; nothing was written)"
+    }
