@@ -1,11 +1,15 @@
-"""``python -m example_app [--host H] [--port P] [--mongo URL]``: serve the live user directory."""
+"""``python -m example_app [--host H] [--port P] [--mongo URL] [--redis URL] [--secret S]``:
+serve the live user directory at ``/`` and the team board at ``/board``."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import os
+import secrets
 import signal
+import sys
 from collections.abc import Sequence
 
 import tornado.httpserver
@@ -15,12 +19,17 @@ from tornado_live import Hub
 
 from .app import make_app
 from .store import memory_collection
+from .tasks import Task
 from .users import User
+
+#: The environment variable that gives the cookie secret when --secret does not.
+SECRET = "TORNADO_LIVE_DEMO_SECRET"
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m example_app", description="The tornado_live demo: a live user directory."
+        prog="python -m example_app",
+        description="The tornado_live demo: a live user directory (/) and a team board (/board).",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8888, help="port (default 8888; 0 = any free)")
@@ -35,6 +44,12 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="URL",
         help="share events with every process using the same Redis (e.g. "
         "redis://127.0.0.1:6379/0) instead of keeping them in this process",
+    )
+    parser.add_argument(
+        "--secret",
+        default=os.environ.get(SECRET),
+        help=f"the secret that signs the board's session cookies (default: ${SECRET}, else "
+        "a random one, good for this process only: give every process of one site the same)",
     )
     return parser.parse_args(argv)
 
@@ -55,21 +70,32 @@ async def serve(options: argparse.Namespace) -> None:
         client: AsyncMongoClient[dict[str, object]] = AsyncMongoClient(options.mongo)
         database = client.get_default_database("tornado_live_demo")
         users = User.bind(database["users"], hub)
+        tasks = Task.bind(database["tasks"], hub)
         store = f"MongoDB at {options.mongo}"
     else:
         users = User.bind(memory_collection(), hub)
+        tasks = Task.bind(memory_collection("tasks"), hub)
         store = "memory"
     # --8<-- [end:bind]
     # --8<-- [start:serve]
     sockets = tornado.netutil.bind_sockets(options.port, options.host)
     await users.create_indexes()
-    server = tornado.httpserver.HTTPServer(make_app(hub, users))
+    await tasks.create_indexes()  # Task declares index=("team",)
+    secret = options.secret or secrets.token_urlsafe(32)
+    if not options.secret and options.redis:
+        print(
+            f"warning: no --secret (or ${SECRET}): a session signed in on this process is "
+            "refused by the others; give them all the same secret",
+            file=sys.stderr,
+            flush=True,
+        )
+    server = tornado.httpserver.HTTPServer(make_app(hub, users, tasks, cookie_secret=secret))
     server.add_sockets(sockets)
     host, port = sockets[0].getsockname()[:2]
     host = f"[{host}]" if ":" in host else host
     print(
-        f"tornado_live demo: http://{host}:{port}/ "
-        f"(store: {store}; broker: {broker}; Ctrl-C stops)",
+        f"tornado_live demo: http://{host}:{port}/ (board: http://{host}:{port}/board; "
+        f"store: {store}; broker: {broker}; Ctrl-C stops)",
         flush=True,
     )
     stop = asyncio.Event()

@@ -1,21 +1,41 @@
-"""The demo's Tornado application: the REST resource, the live socket and the page."""
+"""The demo's Tornado application: the user directory (its REST resource and page), the
+team board (board.py), and the live socket both use."""
 
 from __future__ import annotations
 
-import json
 import re
+import secrets
 from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import tornado.web
 import tornado.websocket
 
-from tornado_live import Hub, LiveMixin, PublishError, Refused, message, static_route
+from tornado_live import (
+    Hub,
+    LiveMixin,
+    PublishError,
+    Refused,
+    StaleError,
+    message,
+    static_route,
+)
 
+from .board import (
+    BoardPage,
+    Member,
+    SessionHandler,
+    TaskHandler,
+    TasksHandler,
+    signed_in,
+)
+from .tasks import Task
 from .users import User, hash_password
+from .web import JsonHandler
 
 HERE = Path(__file__).parent
+T = TypeVar("T")
 
 #: Fields a client may send, with what each must be.
 FIELDS = {
@@ -36,43 +56,15 @@ def valid(key: str, value: Any) -> bool:
     return 8 <= len(value) <= 1024
 
 
-class JsonHandler(tornado.web.RequestHandler):
-    """JSON in, JSON out, and errors as ``{"error": "..."}``."""
+class UserResource(JsonHandler):
+    """The users' JSON resource: validated fields, a user or 404."""
 
     def initialize(self, users: type[User]) -> None:
         self.users = users  # the User model, bound to this app's collection and hub
 
-    def write_json(self, value: Any) -> None:
-        self.set_header("Content-Type", "application/json; charset=utf-8")
-        self.write(json.dumps(value, ensure_ascii=False))
-
-    def write_error(self, status_code: int, **kwargs: Any) -> None:
-        error = kwargs.get("exc_info", (None, None))[1]
-        message = getattr(error, "log_message", None) or self._reason
-        self.write_json({"error": message})
-
-    async def announced(self, change: Awaitable[object]) -> None:
-        """Await a save or delete; if the broker could not take its event (Redis down),
-        answer 503 saying so: the write stands, but live pages were not told."""
-        try:
-            await change
-        except PublishError as exc:
-            raise tornado.web.HTTPError(
-                503, f"saved, but the change was not announced to live pages: {exc}"
-            ) from exc
-
     def fields(self, *, required: bool) -> dict[str, str]:
         """The request body's user fields, validated; 400/415 with a clear message if not."""
-        if self.request.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
-            raise tornado.web.HTTPError(
-                415, "send the body as JSON with Content-Type: application/json"
-            )
-        try:
-            body = json.loads(self.request.body or b"null")
-        except ValueError as exc:
-            raise tornado.web.HTTPError(400, f"the body is not valid JSON: {exc}") from None
-        if not isinstance(body, dict):
-            raise tornado.web.HTTPError(400, 'expected a JSON object like {"name": "Ada", ...}')
+        body = self.json_body('{"name": "Ada", ...}')
         unknown = sorted(set(body) - set(FIELDS))
         if unknown:
             raise tornado.web.HTTPError(
@@ -94,7 +86,7 @@ class JsonHandler(tornado.web.RequestHandler):
 
 
 # --8<-- [start:rest]
-class UsersHandler(JsonHandler):
+class UsersHandler(UserResource):
     async def get(self) -> None:
         # Tornado adds an ETag and answers 304 to a matching If-None-Match by itself.
         self.write_json([user.public() for user in await self.users.find()])
@@ -109,7 +101,7 @@ class UsersHandler(JsonHandler):
         self.write_json(user.public())
 
 
-class UserHandler(JsonHandler):
+class UserHandler(UserResource):
     async def get(self, id: str) -> None:
         self.write_json((await self.user(id)).public())
 
@@ -130,11 +122,12 @@ class UserHandler(JsonHandler):
 
 # --8<-- [start:live]
 class Live(LiveMixin, tornado.websocket.WebSocketHandler):
-    """The live socket: every channel is public; one message the page may send."""
+    """The live socket of both pages: the users' channels are public, a team's are its own."""
 
-    def initialize(self, hub: Hub, users: type[User]) -> None:
+    def initialize(self, hub: Hub, users: type[User], tasks: type[Task]) -> None:
         super().initialize(hub)
         self.users = users
+        self.tasks = tasks
 
     @message
     async def email_taken(self, data: Any) -> bool:
@@ -143,6 +136,79 @@ class Live(LiveMixin, tornado.websocket.WebSocketHandler):
             raise Refused("invalid_email", f"email_taken takes a string; got {data!r}")
         return bool(await self.users.find({"email": data.strip()}, limit=1))
         # --8<-- [end:live]
+
+    # --8<-- [start:subscribe]
+    def get_current_user(self) -> Member | None:
+        return signed_in(self)  # the board's session cookie, as the handshake sent it
+
+    async def can_subscribe(self, channel: str) -> bool:
+        # Asked on every subscribe: the first, each recovery after a reconnect, each snapshot.
+        member: Member | None = self.current_user
+        match channel.split("/"):
+            case ["users"] | ["users", _]:
+                return True  # the directory is public
+            case ["teams", team, "tasks"]:
+                return member is not None and team == member.team
+            case ["tasks", id] if member is not None:
+                # The task's team now: after a move, its old team may no longer follow it.
+                task = await self.tasks.get(id)
+                return task is not None and task["team"] == member.team
+        return False  # a channel this app does not know
+        # --8<-- [end:subscribe]
+
+    # --8<-- [start:claim]
+    @message
+    async def claim(self, data: Any) -> dict[str, Any]:
+        """``{"type": "claim", "id": 1, "data": {"id": "<task id>"}}``: take the task if
+        nobody has it. The reply is the task; everyone on the team sees the change."""
+        member, id = self.task_message("claim", data)
+        claimed = await self.announced(
+            self.tasks.find_one_and_update(  # one atomic write: two claims, one winner
+                {"_id": id, "team": member.team, "assignee": None},
+                {"$set": {"assignee": member.name}},
+            )
+        )
+        if claimed is None:
+            task = await self.tasks.get(id)
+            if task is None or task["team"] != member.team:
+                raise Refused("not_found", f"no task {data['id']} on team {member.team}")
+            raise Refused("already_claimed", f"{task['assignee']} has claimed this task already")
+        return claimed.public()
+        # --8<-- [end:claim]
+
+    @message
+    async def release(self, data: Any) -> dict[str, Any]:
+        """``{"type": "release", "data": {"id": ...}}``: give back a task you claimed."""
+        member, id = self.task_message("release", data)
+        released = await self.announced(
+            self.tasks.find_one_and_update(
+                {"_id": id, "team": member.team, "assignee": member.name},
+                {"$set": {"assignee": None}},
+            )
+        )
+        if released is None:
+            raise Refused("not_yours", "only the member who claimed a task can release it")
+        return released.public()
+
+    def task_message(self, type: str, data: Any) -> tuple[Member, Any]:
+        """The member sending a task message and the task's ``_id``, or `Refused`."""
+        member: Member | None = self.current_user
+        if member is None:
+            raise Refused("signed_out", f"sign in to the board to {type} a task")
+        if not (isinstance(data, dict) and isinstance(data.get("id"), str) and data["id"]):
+            raise Refused("invalid_task", f'{type} takes {{"id": "<task id>"}}; got {data!r}'[:200])
+        return member, self.tasks.parse_id(data["id"])
+
+    async def announced(self, write: Awaitable[T]) -> T:
+        """Await a write; if its announcement failed, refuse with ``unannounced``."""
+        try:
+            return await write
+        except PublishError as exc:
+            raise Refused(
+                "unannounced", f"saved, but the change was not announced to live pages: {exc}"
+            ) from exc
+        except StaleError as exc:  # others kept writing it: nothing was written
+            raise Refused("busy", f"the task kept changing; try again ({exc})") from exc
 
 
 # --8<-- [start:page]
@@ -153,18 +219,28 @@ class PageHandler(tornado.web.RequestHandler):
 
 
 # --8<-- [start:app]
-def make_app(hub: Hub, users: type[User], **settings: Any) -> tornado.web.Application:
-    """The demo application: ``users`` is ``User.bind(collection, hub)``."""
+def make_app(
+    hub: Hub, users: type[User], tasks: type[Task], **settings: Any
+) -> tornado.web.Application:
+    """The demo application: ``users`` is ``User.bind(collection, hub)``, ``tasks``
+    ``Task.bind(collection, hub)``. Without a ``cookie_secret`` setting, a random one: the
+    board's sessions then last as long as the process, in this process only."""
+    settings.setdefault("cookie_secret", secrets.token_urlsafe(32))
     return tornado.web.Application(
         [
             (r"/", PageHandler),
-            (r"/live", Live, {"hub": hub, "users": users}),
+            (r"/live", Live, {"hub": hub, "users": users, "tasks": tasks}),
             static_route(),  # live.js, the browser client, at /static/live/live.js
+            (r"/static/demo/(.*)", tornado.web.StaticFileHandler, {"path": str(HERE / "static")}),
             (r"/users", UsersHandler, {"users": users}),
             (r"/users/([^/]+)", UserHandler, {"users": users}),
+            (r"/board", BoardPage),
+            (r"/board/session", SessionHandler, {"tasks": tasks}),
+            (r"/board/tasks", TasksHandler, {"tasks": tasks}),
+            (r"/board/tasks/([^/]+)", TaskHandler, {"tasks": tasks}),
         ],
         template_path=str(HERE / "templates"),
-        cross_origin_protection=True,  # refuse cross-site POST/DELETE (Tornado 6.6)
+        cross_origin_protection=True,  # refuse cross-site POST/PATCH/DELETE (Tornado 6.6)
         **settings,
     )
     # --8<-- [end:app]

@@ -26,6 +26,7 @@ from tornado.ioloop import IOLoop
 
 from example_app.app import make_app
 from example_app.store import memory_collection
+from example_app.tasks import Task
 from example_app.users import User
 from tornado_live import Client, Hub
 
@@ -104,9 +105,15 @@ def users(hub: Hub) -> type[User]:
 
 
 @pytest.fixture
-def app(hub: Hub, users: type[User]) -> tornado.web.Application:
+def tasks(hub: Hub) -> type[Task]:
+    """The demo's ``Task`` model (the board's) bound to an in-memory collection and the hub."""
+    return Task.bind(memory_collection("tasks"), hub)
+
+
+@pytest.fixture
+def app(hub: Hub, users: type[User], tasks: type[Task]) -> tornado.web.Application:
     """pytest-tornado serves this: the demo over an in-memory store and broker."""
-    return make_app(hub, users)
+    return make_app(hub, users, tasks)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from tornado.ioloop import IOLoop
 
 from example_app.app import make_app
 from example_app.store import memory_collection
+from example_app.tasks import Task
 from example_app.users import User, check_password
 from tornado_live import Client, Hub, MemoryBroker
 from tornado_live.testing import ws_url
@@ -242,7 +243,9 @@ class TestHistoryExceeded:
     @pytest.fixture
     def app(self) -> tornado.web.Application:
         hub = Hub(MemoryBroker(history=2))
-        return make_app(hub, User.bind(memory_collection(), hub))
+        return make_app(
+            hub, User.bind(memory_collection(), hub), Task.bind(memory_collection("tasks"), hub)
+        )
 
     @pytest.mark.gen_test
     async def test_recovered_false_when_history_no_longer_reaches(

@@ -43,6 +43,7 @@ from pymongo import MongoClient
 
 from example_app.app import make_app
 from example_app.store import memory_collection
+from example_app.tasks import Task
 from example_app.users import User
 from tornado_live import Hub, Snapshot
 from tornado_live.hub import Source
@@ -170,7 +171,12 @@ def delivered(page: Page) -> list[dict[str, Any]]:
 
 
 def fetches(requests: list[str]) -> list[str]:
-    return [r for r in requests if r.startswith("GET ") and r.split("?")[0].endswith("/users")]
+    """The live list's loads of ``GET /users`` (not the polling client's, ``?poll=1``)."""
+    return [
+        r
+        for r in requests
+        if r.startswith("GET ") and r.split("?")[0].endswith("/users") and "poll=1" not in r
+    ]
 
 
 def user(name: str) -> dict[str, str]:
@@ -565,8 +571,10 @@ class Served:
     async def _start(self) -> str:
         self._hub = Hub()
         sockets = tornado.netutil.bind_sockets(0, "127.0.0.1")
+        users = User.bind(memory_collection(), self._hub)
+        tasks = Task.bind(memory_collection("tasks"), self._hub)
         self._server = tornado.httpserver.HTTPServer(
-            make_app(self._hub, User.bind(memory_collection(), self._hub), **self.settings)
+            make_app(self._hub, users, tasks, **self.settings)
         )
         if self.snapshot_delay:
             delay = self.snapshot_delay

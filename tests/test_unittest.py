@@ -15,6 +15,7 @@ from tornado.httpclient import HTTPClientError
 
 from example_app.app import make_app  # your application
 from example_app.store import memory_collection
+from example_app.tasks import Task
 from example_app.users import User
 from tornado_live import Hub
 from tornado_live.testing import LiveTestCase
@@ -24,7 +25,9 @@ class TestUsersAreLive(LiveTestCase):
     def get_app(self) -> tornado.web.Application:
         """What the test server serves: the application, its models bound to a fresh hub."""
         self.hub = Hub()
-        return make_app(self.hub, User.bind(memory_collection(), self.hub))
+        users = User.bind(memory_collection(), self.hub)
+        tasks = Task.bind(memory_collection("tasks"), self.hub)
+        return make_app(self.hub, users, tasks)
 
     @tornado.testing.gen_test(timeout=10)
     async def test_a_new_user_is_pushed(self) -> None:
@@ -47,8 +50,8 @@ class TestUsersAreLive(LiveTestCase):
     @tornado.testing.gen_test(timeout=10)
     async def test_the_hub_publishes_to_subscribers(self) -> None:
         client = await self.live_connect()  # "/live" unless told
-        await client.subscribe("news")
-        await self.hub.publish("news", "posted", {"title": "Hello"})
+        await client.subscribe("users")  # the demo's only public channels: users, users/<id>
+        await self.hub.publish("users", "posted", {"title": "Hello"})
         event = await client.receive(timeout=5)
         self.assertEqual((event["type"], event["data"]), ("posted", {"title": "Hello"}))
 

@@ -1,0 +1,60 @@
+"""What every JSON resource of the demo shares: JSON in, JSON out, errors as
+``{"error": "..."}``, and saves whose announcement failed answered 503."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import tornado.web
+
+from tornado_live import PublishError
+
+#: Largest JSON body accepted (413 beyond it).
+MAX_BODY = 64 * 1024
+
+T = TypeVar("T")
+
+
+class JsonHandler(tornado.web.RequestHandler):
+    """JSON in, JSON out, and errors as ``{"error": "..."}``."""
+
+    def write_json(self, value: Any) -> None:
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.write(json.dumps(value, ensure_ascii=False))
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info", (None, None))[1]
+        message = getattr(error, "log_message", None) or self._reason
+        self.write_json({"error": message})
+
+    async def announced(self, change: Awaitable[T]) -> T:
+        """Await a save or delete; if the broker could not take its event (Redis down),
+        answer 503 saying so: the write stands, but live pages were not told."""
+        try:
+            return await change
+        except PublishError as exc:
+            raise tornado.web.HTTPError(
+                503, f"saved, but the change was not announced to live pages: {exc}"
+            ) from exc
+
+    def json_body(self, example: str) -> dict[str, Any]:
+        """The request body, a JSON object; 415, 413 or 400 with a clear message if not.
+        ``example`` shows what was expected (``{"name": "Ada", ...}``)."""
+        kind = self.request.headers.get("Content-Type", "").split(";")[0].strip().lower()
+        if kind != "application/json":
+            raise tornado.web.HTTPError(
+                415, "send the body as JSON with Content-Type: application/json"
+            )
+        if len(self.request.body) > MAX_BODY:
+            raise tornado.web.HTTPError(
+                413, f"the body may be at most {MAX_BODY} bytes; got {len(self.request.body)}"
+            )
+        try:
+            body = json.loads(self.request.body or b"null")
+        except ValueError as exc:
+            raise tornado.web.HTTPError(400, f"the body is not valid JSON: {exc}") from None
+        if not isinstance(body, dict):
+            raise tornado.web.HTTPError(400, f"expected a JSON object like {example}")
+        return body
