@@ -457,10 +457,19 @@ class TestOnEveryStore:
             "version": 2,
             "data": now,
         }
-        # The task's own channel stays the same channel, so a subscription made while the
-        # task was red's hears the move too (tornado_live checks can_subscribe when a client
-        # subscribes, not for each event: docs/howto-tenants.md says what to do about it).
-        assert (await one.receive())["type"] == "updated_task"
+        # The task's own channel stays the same channel, but who may follow it changed with
+        # the move: a subscription made while the task was red's is asked can_subscribe again
+        # before the move's event, and is revoked instead of hearing it.
+        revoked = await one.receive()
+        assert (revoked["type"], revoked["code"], revoked["channel"]) == (
+            "error",
+            "revoked",
+            f"tasks/{task['id']}",
+        )
+        shipped = await bea.call("PATCH", f"/board/tasks/{task['id']}", {"title": "Shipped"})
+        assert shipped.code == 200
+        assert await one.receive_nothing()  # nothing more of it, ever
+        now = {**now, "title": "Shipped", "version": 3}
         # But the red team may no longer subscribe to it, nor see or change it.
         again = await ann.connect()
         with pytest.raises(ClientError) as refused:
@@ -471,7 +480,7 @@ class TestOnEveryStore:
         # The blue team may.
         theirs = await bea.connect()
         mine = await theirs.subscribe(f"tasks/{task['id']}", snapshot=True)
-        assert mine["snapshot"] == [{"version": 2, "data": now}]
+        assert mine["snapshot"] == [{"version": 3, "data": now}]
         assert json.loads((await bea.call("GET", "/board/tasks")).body) == [now]
         never_private(seen)
 

@@ -202,6 +202,14 @@ async def test_a_version_travels_with_its_event(make_broker: MakeBroker) -> None
     assert b'"version":7' in published.frame
     kept = (await broker.history("users", since=0)).events
     assert [(e.version, e.frame) for e in kept] == [(7, published.frame), (None, plain.frame)]
+    moved = await broker.publish("users", "updated_user", b'{"id":"1"}', version=8, recheck=True)
+    assert moved.recheck
+    assert (await inbox.wait(3))[2].recheck  # every process's hub rechecks before delivering
+    assert [e.recheck for e in (await broker.history("users", since=0)).events] == [
+        False,
+        False,
+        True,
+    ]
 
 
 @pytest.mark.gen_test

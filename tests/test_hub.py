@@ -370,3 +370,40 @@ async def test_a_key_must_be_printable_and_the_window_positive() -> None:
         MemoryBroker(window=0)
     assert (await hub.publish("users", "reminder", {}, key="k")).offset == 1
     assert (await hub.publish("users", "reminder", {}, key="k")).offset == 1
+
+
+@pytest.mark.gen_test
+async def test_a_recheck_event_asks_each_policy_before_delivering() -> None:
+    hub = Hub()
+    allowed, denied, failing, unchecked = Connection(), Connection(), Connection(), Connection()
+    gate = asyncio.Event()
+
+    async def yes() -> bool:
+        await gate.wait()
+        return True
+
+    async def no() -> bool:
+        return False
+
+    async def broken() -> bool:
+        raise RuntimeError("a policy bug")
+
+    await hub.subscribe(allowed, "tasks/1", policy=yes)
+    await hub.subscribe(denied, "tasks/1", policy=no)
+    await hub.subscribe(failing, "tasks/1", policy=broken)
+    await hub.subscribe(unchecked, "tasks/1")  # no policy: stays
+    await hub.publish("tasks/1", "updated_task", {"n": 1})
+    await hub.publish("tasks/1", "updated_task", {"n": 2}, recheck=True)
+    await hub.publish("tasks/1", "updated_task", {"n": 3})  # waits behind the recheck
+    await asyncio.sleep(0.05)
+    assert allowed.offsets() == [1]
+    gate.set()
+    await asyncio.sleep(0.05)
+    assert allowed.offsets() == unchecked.offsets() == [1, 2, 3]
+    for gone in (denied, failing):
+        frames = gone.received()
+        assert [f["type"] for f in frames] == ["subscribed", "updated_task", "error"]
+        assert (frames[-1]["code"], frames[-1]["channel"]) == ("revoked", "tasks/1")
+    assert hub.subscribers("tasks/1") == 2
+    await hub.publish("tasks/1", "updated_task", {"n": 4})
+    assert [f["offset"] for f in denied.received() if f["type"] == "updated_task"] == [1]

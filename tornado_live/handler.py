@@ -355,6 +355,13 @@ class LiveMixin(_Base):
                 )
             return result
 
+        async def allowed() -> bool:
+            try:
+                decision = self.can_subscribe(channel)
+                return bool(await decision if inspect.isawaitable(decision) else decision)
+            except Refused:
+                return False
+
         try:
             await self.hub.subscribe(
                 transport,
@@ -363,6 +370,7 @@ class LiveMixin(_Base):
                 epoch=epoch,
                 id=id,
                 snapshot=state if snapshot else None,
+                policy=allowed,
             )
         except Refused:
             raise

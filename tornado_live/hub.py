@@ -64,12 +64,18 @@ class Source(Protocol):
         ...
 
 
+Policy = Callable[[], Awaitable[bool]]
+"""May this member still follow its channel? Asked again when an event says who may follow
+it could have changed (`Event.recheck`)."""
+
+
 class _Member:
     """One connection's membership of one channel."""
 
-    __slots__ = ("after", "held")
+    __slots__ = ("after", "held", "policy")
 
-    def __init__(self) -> None:
+    def __init__(self, policy: Policy | None = None) -> None:
+        self.policy = policy
         # Events that arrive while the subscription is being set up (None once live).
         self.held: list[Event] | None = []
         # The position the connection was told: it never gets an event at or below it.
@@ -103,9 +109,14 @@ class Hub:
         *,
         version: int | None = None,
         key: str | None = None,
+        recheck: bool = False,
     ) -> Event:
         """Publish one event; return it with the position the broker gave it. ``version``
         (a model's document version) is carried in the event frame as ``"version"``.
+        ``recheck`` says that who may follow the channel may have changed (a document moved
+        to another tenant): every hub then asks each subscriber's policy again before it
+        delivers the event, and a subscriber no longer allowed gets a ``revoked`` error
+        instead, and nothing more of the channel.
 
         With ``key`` the publish is idempotent: if this channel had an event published
         with that key within the broker's ``window``, nothing is published and that event
@@ -123,7 +134,7 @@ class Hub:
         if key is not None:
             protocol.check_key(key)
         return await self.broker.publish(
-            channel, type, protocol.encode_data(data), version=version, key=key
+            channel, type, protocol.encode_data(data), version=version, key=key, recheck=recheck
         )
 
     # -- subscriptions ------------------------------------------------------------------
@@ -150,6 +161,7 @@ class Hub:
         epoch: str | None = None,
         id: Id = None,
         snapshot: Callable[[], Awaitable[Snapshot]] | None = None,
+        policy: Policy | None = None,
     ) -> History:
         """Subscribe ``connection`` to ``channel`` and tell it so.
 
@@ -164,8 +176,12 @@ class Hub:
         event at or below it is in the state, and every later one follows (a client drops
         those the state already shows, by version). Raises what the broker or
         ``snapshot()`` raises, in which case the connection is left unsubscribed.
+
+        ``policy`` is asked again before an event with ``recheck`` is delivered to this
+        connection (and its later events wait for the answer); without one, the
+        connection stays subscribed.
         """
-        member = _Member()
+        member = _Member(policy)
         members = self._members.setdefault(channel, {})
         members[connection] = member
         self._channels.setdefault(connection, set()).add(channel)
@@ -238,8 +254,9 @@ class Hub:
         if members:
             self._send(tuple(members.items()), event)
 
-    @staticmethod
-    def _send(members: tuple[tuple[Connection, _Member], ...], event: Event) -> None:
+    def _send(
+        self, members: tuple[tuple[Connection, _Member], ...], event: Event, checked: bool = False
+    ) -> None:
         frame, position = event.frame, event.position
         offset, epoch = position.offset, position.epoch
         for connection, member in members:
@@ -250,10 +267,44 @@ class Hub:
             after = member.after
             if offset <= after.offset or epoch != after.epoch:
                 continue  # told a later position already (a lagging broker), or another life
+            if event.recheck and member.policy is not None and not checked:
+                member.held = [event]  # this event and the next wait for the policy
+                task = asyncio.ensure_future(self._recheck(connection, member, event))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+                continue
             try:
                 connection.send(frame, position)
             except Exception:
                 log.exception("connection %r failed to take an event", connection)
+
+    async def _recheck(self, connection: Connection, member: _Member, event: Event) -> None:
+        """Ask a member's policy again; deliver what waited for it, or revoke."""
+        channel = event.channel
+        assert member.policy is not None
+        try:
+            allowed = await member.policy()
+        except Exception:
+            log.exception("the policy of a subscriber of %r failed; revoking", channel)
+            allowed = False
+        if self._members.get(channel, {}).get(connection) is not member:
+            return  # it left meanwhile
+        held, member.held = member.held or [], None
+        if not allowed:
+            if self._remove(connection, channel):
+                await self._release(channel)
+            connection.send(
+                protocol.error(
+                    "revoked",
+                    f"no longer allowed to follow {channel[:60]}: what it shows changed hands",
+                    channel=channel,
+                )
+            )
+            return
+        pair = ((connection, member),)
+        self._send(pair, held[0], checked=True)
+        for later in held[1:]:
+            self._send(pair, later)
 
     def _gap(self, channel: str, position: Position) -> None:
         """The broker lost events of ``channel``: every local subscriber must start over."""

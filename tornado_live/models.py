@@ -648,11 +648,14 @@ class Document:
                 await hub.publish(
                     channel, f"deleted_{name}", {"id": str(after.id)}, version=version
                 )
+        moved = before is not None and set(old) != set(new)
         for channel in new:
             if channel not in old:
                 await hub.publish(channel, f"created_{name}", data, version=version)
             elif changed:
-                await hub.publish(channel, f"updated_{name}", data, version=version)
+                # A channel the document stayed in while it moved (tasks/<id> of a task that
+                # changed teams): who may follow it may have changed with it.
+                await hub.publish(channel, f"updated_{name}", data, version=version, recheck=moved)
 
     @classmethod
     async def _refetch(cls, documents: Iterable[Document], reason: str) -> None:

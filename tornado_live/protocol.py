@@ -143,8 +143,10 @@ class Event:
 
     ``position`` is where it stands in its channel (its epoch and offset), ``data`` its
     payload already encoded as JSON, ``version`` the version of the document it
-    announces (None for other events), and ``frame`` the whole server frame, built once
-    here so that fan-out hands the same bytes to every connection.
+    announces (None for other events), ``recheck`` whether who may follow the channel may
+    have changed with it (a document moved: each hub asks every subscriber's policy again
+    before it delivers this event), and ``frame`` the whole server frame, built once here
+    so that fan-out hands the same bytes to every connection.
     """
 
     channel: str
@@ -152,6 +154,7 @@ class Event:
     position: Position
     data: bytes
     version: int | None = None
+    recheck: bool = False
     frame: bytes = field(init=False, repr=False, compare=False)
 
     @property

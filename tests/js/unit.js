@@ -1126,4 +1126,26 @@ await check("snapshot: another onSnapshot, or a refetch_ event, asks for a new o
   live.close();
 });
 
+await check("a revoked channel goes to its onError, and nothing more of it arrives", async () => {
+  const Socket = fakeSockets();
+  const live = connect("ws://example.test/live", {WebSocket: Socket, EventSource: null});
+  const errors = [];
+  const events = [];
+  live.subscribe("tasks/1", (event) => events.push(event.offset), {
+    onError: (error) => errors.push(error.code),
+  });
+  await until(() => Socket.instances.length === 1, "a socket");
+  const socket = Socket.instances[0];
+  socket.open();
+  const id = socket.sent[0].id;
+  socket.push({type: "subscribed", channel: "tasks/1", offset: 0, epoch: "e", id});
+  socket.push({type: "updated_task", channel: "tasks/1", offset: 1, data: {id: "1"}});
+  await pause(0);
+  socket.push({type: "error", code: "revoked", message: "no longer", channel: "tasks/1"});
+  socket.push({type: "updated_task", channel: "tasks/1", offset: 2, data: {id: "1"}});
+  equal([errors, events], [["revoked"], [1]], "told once, nothing after it");
+  equal(live.state, "live", "the connection stays");
+  live.close();
+});
+
 window.results = results;

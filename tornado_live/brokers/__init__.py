@@ -84,10 +84,12 @@ class Broker(Protocol):
         *,
         version: int | None = None,
         key: str | None = None,
+        recheck: bool = False,
     ) -> Event:
         """Store and deliver one event; ``data`` is its JSON-encoded payload, ``version``
-        the version of the document it announces (carried to every subscriber), ``key``
-        makes it idempotent (see the module documentation)."""
+        the version of the document it announces and ``recheck`` its `Event.recheck` (both
+        carried to every subscriber), ``key`` makes it idempotent (see the module
+        documentation)."""
         ...
 
     async def subscribe(self, channel: str, deliver: Deliver, gap: Gap) -> None:

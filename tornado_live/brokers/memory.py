@@ -99,6 +99,7 @@ class MemoryBroker:
         *,
         version: int | None = None,
         key: str | None = None,
+        recheck: bool = False,
     ) -> Event:
         state = self._channel(channel)
         if key is not None:
@@ -110,7 +111,7 @@ class MemoryBroker:
             if seen is not None:
                 return seen[1]
         state.offset += 1
-        event = Event(channel, type, Position(state.epoch, state.offset), data, version)
+        event = Event(channel, type, Position(state.epoch, state.offset), data, version, recheck)
         if self.limit:
             state.events.append((time.monotonic(), event))
             self._expire(state)

@@ -129,7 +129,7 @@ PUBLISH: Final = (
     + _ENSURE
     + """
 -- ARGV[3]: pub/sub channel, ARGV[4]: type, ARGV[5]: data, ARGV[6]: history, ARGV[7]: ttl (ms)
--- ARGV[8]: version ('-' for none)
+-- ARGV[8]: version ('-' for none; a trailing '!' asks subscribers to recheck)
 local offset = redis.call('INCR', KEYS[1])
 if tonumber(ARGV[6]) > 0 then
   local now = redis.call('TIME')
@@ -301,6 +301,7 @@ class RedisBroker:
         *,
         version: int | None = None,
         key: str | None = None,
+        recheck: bool = False,
     ) -> Event:
         # The payload and the keys rely on these: no spaces, no braces.
         check_channel(channel)
@@ -320,7 +321,7 @@ class RedisBroker:
                     data,
                     self.limit,
                     self._ms(self.ttl),
-                    "-" if version is None else int(version),
+                    _version_token(version, recheck),
                     "0" if key is None else "1",
                     self._ms(self.window),
                 ],
@@ -342,8 +343,9 @@ class RedisBroker:
         if reply[0] == b"seen":
             epoch, offset, seen, kind, body = reply[1].split(b" ", 4)
             position = Position(epoch.decode(), int(offset))
-            return Event(channel, kind.decode(), position, body, _version(seen))
-        return Event(channel, type, Position(reply[0].decode(), int(reply[1])), data, version)
+            return Event(channel, kind.decode(), position, body, *_version(seen))
+        position = Position(reply[0].decode(), int(reply[1]))
+        return Event(channel, type, position, data, version, recheck)
 
     async def subscribe(self, channel: str, deliver: Deliver, gap: Gap) -> None:
         check_channel(channel)
@@ -443,7 +445,7 @@ class RedisBroker:
                 fields[1].decode(),
                 Position(epoch, int(id.partition(b"-")[0])),
                 fields[3],
-                _version(fields[7]) if len(fields) > 7 else None,
+                *(_version(fields[7]) if len(fields) > 7 else (None, False)),
             )
             for id, fields in reply[3]
         ]
@@ -614,7 +616,7 @@ class RedisBroker:
         try:
             epoch, offset, version, type, data = message["data"].split(b" ", 4)
             position = Position(epoch.decode(), int(offset))
-            event = Event(state.name, type.decode(), position, data, _version(version))
+            event = Event(state.name, type.decode(), position, data, *_version(version))
         except ValueError:
             log.error(
                 "ignored a malformed message on %r: %.80r", message["channel"], message["data"]
@@ -680,8 +682,16 @@ class RedisBroker:
                 log.exception("a gap callback of %r failed", state.name)
 
 
-def _version(text: bytes) -> int | None:
-    return None if text == b"-" else int(text)
+def _version_token(version: int | None, recheck: bool) -> str:
+    """How an event's version (and its recheck flag, a trailing ``!``) travels: ``-`` for
+    none, else the number."""
+    return ("-" if version is None else str(int(version))) + ("!" if recheck else "")
+
+
+def _version(text: bytes) -> tuple[int | None, bool]:
+    recheck = text.endswith(b"!")
+    text = text.removesuffix(b"!")
+    return (None if text == b"-" else int(text)), recheck
 
 
 def _name(exc: BaseException) -> str:

@@ -79,7 +79,9 @@
  *     both, or one where the channel's other subscriptions use the other, throws a
  *     TypeError. Subscriptions with only a handler may join either kind of channel.
  *     A server without a snapshot of the channel refuses it: onError gets "no_snapshot".
- *   onError(error) is called with a LiveError when the server refuses the channel
+ *   onError(error) is called with a LiveError when the server refuses the channel, or
+ *     revokes it later ("revoked": the document it shows moved to where this client may
+ *     not follow; nothing more of the channel comes)
  *     (error.code "forbidden", "invalid_channel", "too_many_channels", "unavailable",
  *     "no_snapshot", ...). The subscription stays registered and is tried again at the
  *     next reconnect.
@@ -742,13 +744,21 @@ export class Live {
           refused.awaiting = false;
           this.#refused(refused, frame);
           this.#update();
+        } else if (frame.code === "revoked" && record) {
+          // No longer allowed (what the channel shows changed hands): nothing more of it
+          // comes; its subscriptions hear why. An event stream of it is closed.
+          record.refused = true;
+          record.confirmed = false;
+          if (record.source) this.#closeStream(record);
+          this.#refused(record, frame);
+          this.#update();
         } else {
           this.#error(errorOf(frame));
         }
         break;
       }
       default:
-        if (record && Number.isInteger(frame.offset)) this.#event(record, frame);
+        if (record && !record.refused && Number.isInteger(frame.offset)) this.#event(record, frame);
     }
     return frame;
   }
