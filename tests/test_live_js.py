@@ -223,9 +223,11 @@ def test_two_pages_stay_in_step(browser: Browser, demo: Demo, transport: str) ->
     first.click("text=Add user")
     expect(second.locator("li .name", has_text="Grace")).to_be_visible(timeout=1000)
 
-    # The second page's Rename button: the first page.
-    second.once("dialog", lambda dialog: dialog.accept("Ada King"))
-    second.locator(f'li[data-id="{ada["id"]}"] >> text=Rename').click()
+    # The second page's inline editor (Rename, type, Enter): the first page.
+    row = second.locator(f'li[data-id="{ada["id"]}"]')
+    row.locator("text=Rename").click()
+    row.locator("input.name-edit").fill("Ada King")
+    row.locator("input.name-edit").press("Enter")
     expect(first.locator(f'li[data-id="{ada["id"]}"] .name')).to_have_text("Ada King", timeout=1000)
     # live.on("updated_user", ...) highlights the row for a moment.
     expect(first.locator(f'li[data-id="{ada["id"]}"]')).to_have_class("changed", timeout=500)
