@@ -16,6 +16,7 @@ import tornado.httpserver
 import tornado.netutil
 
 from tornado_live import Hub
+from tornado_live.models import SWEEP
 
 from .app import make_app
 from .store import memory_collection
@@ -44,6 +45,12 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="URL",
         help="share events with every process using the same Redis (e.g. "
         "redis://127.0.0.1:6379/0) instead of keeping them in this process",
+    )
+    parser.add_argument(
+        "--sweep",
+        type=float,
+        default=SWEEP,
+        help=f"seconds between sweeps that announce writes left pending (default {SWEEP})",
     )
     parser.add_argument(
         "--secret",
@@ -81,6 +88,9 @@ async def serve(options: argparse.Namespace) -> None:
     sockets = tornado.netutil.bind_sockets(options.port, options.host)
     await users.create_indexes()
     await tasks.create_indexes()  # Task declares index=("team",)
+    # Writes whose announcement is due (a process died, Redis was away) are announced by
+    # a sweep in every process, now and every few seconds.
+    sweeps = [users.start_sweeping(options.sweep), tasks.start_sweeping(options.sweep)]
     secret = options.secret or secrets.token_urlsafe(32)
     if not options.secret and options.redis:
         print(
@@ -104,6 +114,8 @@ async def serve(options: argparse.Namespace) -> None:
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     server.stop()
+    for sweep in sweeps:
+        sweep.stop()
     await server.close_all_connections()
     await hub.close()
     if options.mongo:

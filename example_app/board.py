@@ -233,7 +233,7 @@ class TaskHandler(BoardResource):
         version = self.if_match()
         task = await self.task(id)
         try:
-            deleted = await self.announced(task.delete(version=version))
+            deleted = await self.announced(task.delete(version=version), task)
         except StaleError as exc:
             await self.stale(task, exc, version)
             return

@@ -1,5 +1,5 @@
 """What every JSON resource of the demo shares: JSON in, JSON out, errors as
-``{"error": "..."}``, and saves whose announcement failed answered 503."""
+``{"error": "..."}``, and writes whose announcement is pending say so in a header."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import tornado.web
-
-from tornado_live import PublishError
 
 #: Largest JSON body accepted (413 beyond it).
 MAX_BODY = 64 * 1024
@@ -29,15 +27,15 @@ class JsonHandler(tornado.web.RequestHandler):
         message = getattr(error, "log_message", None) or self._reason
         self.write_json({"error": message})
 
-    async def announced(self, change: Awaitable[T]) -> T:
-        """Await a save or delete; if the broker could not take its event (Redis down),
-        answer 503 saying so: the write stands, but live pages were not told."""
-        try:
-            return await change
-        except PublishError as exc:
-            raise tornado.web.HTTPError(
-                503, f"saved, but the change was not announced to live pages: {exc}"
-            ) from exc
+    async def announced(self, change: Awaitable[T], document: Any = None) -> T:
+        """Await a write of ``document`` (by default: what the write returns). If its
+        announcement is pending (Redis was away), say so in the ``X-Announcement: pending``
+        header of a successful answer: the write stands, and a sweep announces it as soon
+        as Redis is back, so the page's client must not write it again."""
+        result = await change
+        if getattr(result if document is None else document, "announced", True) is False:
+            self.set_header("X-Announcement", "pending")
+        return result
 
     def json_body(self, example: str) -> dict[str, Any]:
         """The request body, a JSON object; 415, 413 or 400 with a clear message if not.

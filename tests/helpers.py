@@ -235,8 +235,9 @@ class Demo:
         return self.process.returncode
 
 
-def start_demo(*args: str) -> Demo:
-    """Start ``python -m example_app --port 0 *args`` and wait for the URL it prints."""
+def start_demo(*args: str, env: dict[str, str] | None = None) -> Demo:
+    """Start ``python -m example_app --port 0 *args`` (with ``env`` added to the
+    environment) and wait for the URL it prints."""
     # stderr to a file, not a pipe: a chatty server never blocks (the child keeps its copy).
     with tempfile.TemporaryFile() as errors:
         process = subprocess.Popen(
@@ -245,6 +246,7 @@ def start_demo(*args: str) -> Demo:
             stdout=subprocess.PIPE,
             stderr=errors,
             text=True,
+            env=None if env is None else {**os.environ, **env},
         )
         assert process.stdout is not None
         banner = process.stdout.readline()

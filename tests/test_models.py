@@ -124,6 +124,7 @@ async def test_a_first_save_inserts_version_1_and_announces_created(
             "_id": user.id,
             **ada(),
             "_version": 1,
+            "_channels": ["users", f"users/{user.id}"],  # announced there; "_pending" is gone
         }
         created = shown(user, name="Ada", email="ada@example.com")
         assert await events(hub, "users") == [("created_user", 1, created)]
@@ -206,6 +207,7 @@ async def test_patch_writes_only_the_named_fields_and_if_match_refuses_a_moved_v
             "name": "Countess",
             "email": "ada@lovelace.org",
             "_version": 3,
+            "_channels": ["users", f"users/{mine.id}"],  # announced there: nothing is due
         }
         with pytest.raises(StaleError):
             await mine.patch({"name": "Lovelace"}, version=2)  # If-Match: 2

@@ -28,18 +28,35 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
+import logging
+import os
 import random
+import signal
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Protocol, Self, cast
 
 from . import protocol
+from .brokers import PublishError
 from .hub import Hub, Snapshot
 from .protocol import LiveError
 
+log = logging.getLogger("tornado_live.models")
+
 #: The field holding a document's version (1 after its first save).
 VERSION: Final = "_version"
+#: Set (True) by every write in the same atomic write, removed once the write is announced:
+#: a document that still has it has an announcement due, which `Document.sweep` makes.
+PENDING: Final = "_pending"
+#: The channels the document was last announced on (set when an announcement is done).
+ANNOUNCED: Final = "_channels"
+#: A deleted document whose deletion is not announced yet: hidden from reads, removed once
+#: announced.
+DELETED: Final = "_deleted"
+#: Seconds between sweeps (`Document.start_sweeping`).
+SWEEP: Final = 5.0
 #: Documents a multi-document write announces one by one; beyond it, one
 #: ``refetch_<name>`` event per affected channel tells pages to refetch.
 MANY: Final = 100
@@ -59,7 +76,9 @@ class Collection(Protocol):
         self, filter: Any, update: Any, /, *, return_document: bool
     ) -> Any: ...
     async def find_one_and_delete(self, filter: Any, /) -> Any: ...
+    async def update_one(self, filter: Any, update: Any, /) -> Any: ...
     async def update_many(self, filter: Any, update: Any, /) -> Any: ...
+    async def delete_one(self, filter: Any, /) -> Any: ...
     async def delete_many(self, filter: Any, /) -> Any: ...
     async def create_index(self, keys: Any, /) -> Any: ...
 
@@ -164,6 +183,9 @@ class Document:
         self.fields: dict[str, Any] = fields
         self._stored: dict[str, Any] | None = None  # the document as last read or written
         self._partial = False  # read with a projection: save() would drop fields
+        #: After a write: True once its announcement went out, False if it is pending (the
+        #: broker failed; the write stands, and a sweep announces it).
+        self.announced = True
 
     # -- binding ------------------------------------------------------------------------
 
@@ -286,7 +308,7 @@ class Document:
     async def get(cls, id: Any) -> Self | None:
         """The document with this ``_id`` (a string is passed through `parse_id`)."""
         found = await cls._bound().collection.find_one(
-            {"_id": cls.parse_id(id) if isinstance(id, str) else id}
+            _alive({"_id": cls.parse_id(id) if isinstance(id, str) else id})
         )
         return None if found is None else cls._load(found)
 
@@ -308,7 +330,7 @@ class Document:
         """
         projection = None if fields is None else {name: 1 for name in fields} | {VERSION: 1}
         cursor = cls._bound().collection.find(
-            dict(filter or {}),
+            _alive(dict(filter or {})),
             projection,
             sort=list(sort) if sort else None,
             limit=limit,
@@ -337,7 +359,7 @@ class Document:
         if cls.public is Document.public:  # only the public fields need to be read
             projection = {field: 1 for field in cls._live.public} | {VERSION: 1}
         cursor = cls._bound().collection.find(
-            filter, projection, sort=list(cls._live.order), limit=limit + 1
+            _alive(filter), projection, sort=list(cls._live.order), limit=limit + 1
         )
         items = []
         async for document in cursor:
@@ -372,14 +394,19 @@ class Document:
             if self.id is None:
                 self.fields["_id"] = self.new_id()
             self.fields[VERSION] = 1
+            self.fields[PENDING] = True
             self._check(self)
             _acknowledged(await binding.collection.insert_one(self.fields))
-            await self._announce(None, self)
+            self._stored = copy.deepcopy(self.fields)
+            self.announced = await self._announce(None, self)
         else:
             before = type(self)._load(self._stored)
             version = before.version
             after = dict(self.fields, _id=before.id)
             after[VERSION] = (version or 0) + 1
+            after[PENDING] = True
+            if ANNOUNCED in before.fields:
+                after[ANNOUNCED] = before.fields[ANNOUNCED]
             self._check(type(self)(**after))
             result = await binding.collection.replace_one(
                 {"_id": before.id, VERSION: version}, after
@@ -388,8 +415,8 @@ class Document:
             if result.matched_count == 0:
                 await self._refused(before.id, version)
             self.fields = after
-            await self._announce(before, self)
-        self._stored = copy.deepcopy(self.fields)
+            self._stored = copy.deepcopy(self.fields)
+            self.announced = await self._announce(before, self)
         return self
 
     async def patch(self, fields: Mapping[str, Any], *, version: int | None = None) -> Self:
@@ -410,6 +437,7 @@ class Document:
         if written is None:
             raise LookupError(f"{self._live.name} {self.id} no longer exists; nothing was saved")
         self.fields, self._stored = written.fields, written._stored
+        self.announced = written.announced
         return self
 
     async def delete(self, *, version: int | None = None) -> bool:
@@ -422,13 +450,15 @@ class Document:
         filter: dict[str, Any] = {"_id": self.id}
         if version is not None:
             filter[VERSION] = version
-        found = await cls._bound().collection.find_one_and_delete(filter)
+        gone = await cls._tombstone(filter)
         self._stored = None
-        if found is None:
-            if version is not None and await cls._bound().collection.find_one({"_id": self.id}):
+        if gone is None:
+            if version is not None and await cls._bound().collection.find_one(
+                _alive({"_id": self.id})
+            ):
                 raise StaleError(f"{self._live.name} {self.id} is not at version {version}")
             return False
-        await cls._announce(cls._load(found), None)
+        self.announced = gone.announced
         return True
 
     @classmethod
@@ -464,6 +494,10 @@ class Document:
             after = await cls.find({"_id": {"$in": rest}})
             written += result.modified_count
             await cls._refetch([*before, *after], "updated")
+            done = await cls._bound().collection.update_many(
+                {"_id": {"$in": rest}}, {"$unset": {PENDING: ""}}
+            )
+            _acknowledged(done)
         return written
 
     @classmethod
@@ -475,18 +509,19 @@ class Document:
         matched = await cls._ids(filter)
         deleted = 0
         for id in matched[:MANY]:
-            found = await collection.find_one_and_delete({**filter, "_id": id})
-            if found is not None:
+            if await cls._tombstone({**filter, "_id": id}) is not None:
                 deleted += 1
-                await cls._announce(cls._load(found), None)
         rest = matched[MANY:]
         if rest:
             chosen = {"$and": [dict(filter), {"_id": {"$in": rest}}]}
             before = await cls.find(chosen)
-            result = await collection.delete_many(chosen)
+            result = await collection.update_many(
+                _alive(chosen), {"$set": {PENDING: True, DELETED: True}, "$inc": {VERSION: 1}}
+            )
             _acknowledged(result)
-            deleted += result.deleted_count
+            deleted += result.modified_count
             await cls._refetch(before, "deleted")
+            _acknowledged(await collection.delete_many({"_id": {"$in": rest}, DELETED: True}))
         return deleted
 
     @classmethod
@@ -502,7 +537,62 @@ class Document:
             raise LookupError(f"{cls._live.name} {id} is not stored; nothing was announced")
         return written
 
+    @classmethod
+    async def sweep(cls) -> int:
+        """Announce every write whose announcement is due (its process died before it
+        could publish, or the broker was unreachable): how many were announced now.
+
+        Safe to run in every process at once: each announcement is published with the
+        idempotency key ``<name>:<id>:<version>``, so every subscriber receives it once.
+        Writes still pending because the broker is still unreachable stay pending.
+        """
+        collection = cls._bound().collection
+        cursor = collection.find({PENDING: True}, sort=[("_id", 1)])
+        due = [document async for document in cursor]
+        announced = 0
+        for document in due:
+            stored = cls._load(document)
+            after = None if document.get(DELETED) else stored
+            if await cls._announce(stored, after, force=True, swept=True):
+                announced += 1
+        return announced
+
+    @classmethod
+    def start_sweeping(cls, interval: float = SWEEP) -> Any:
+        """Sweep now and every ``interval`` seconds (`SWEEP`, 5 by default) in this
+        process, until ``.stop()`` is called on what it returns (a Tornado
+        ``PeriodicCallback``). Call it at start-up in every process."""
+        from tornado.ioloop import PeriodicCallback
+
+        async def sweep() -> None:
+            try:
+                await cls.sweep()
+            except Exception:
+                log.exception("sweeping %s failed; trying again in %s s", cls.__name__, interval)
+
+        job = PeriodicCallback(sweep, interval * 1000)
+        job.start()
+        first = asyncio.ensure_future(sweep())  # the one at start-up
+        _SWEEPS.add(first)
+        first.add_done_callback(_SWEEPS.discard)
+        return job
+
     # -- internals ----------------------------------------------------------------------
+
+    @classmethod
+    async def _tombstone(cls, filter: dict[str, Any]) -> Self | None:
+        """Mark a document deleted (one atomic write, returning it as it was), announce
+        the deletion, then remove it: the document as it was, or None if none matched."""
+        found = await cls._bound().collection.find_one_and_update(
+            _alive(filter),
+            {"$set": {PENDING: True, DELETED: True}, "$inc": {VERSION: 1}},
+            return_document=False,  # pymongo's ReturnDocument.BEFORE
+        )
+        if found is None:
+            return None
+        gone = cls._load(found)
+        gone.announced = await cls._announce(gone, None)
+        return gone
 
     @classmethod
     async def _set(
@@ -512,7 +602,7 @@ class Document:
         before, so the announcement knows exactly what changed (no retry, however busy
         the document): the written document, or None if none matches."""
         collection = cls._bound().collection
-        condition = filter if version is None else {**filter, VERSION: version}
+        condition = _alive(filter if version is None else {**filter, VERSION: version})
         current = await collection.find_one(condition)
         if current is None:
             if version is not None:
@@ -533,7 +623,7 @@ class Document:
             {**copy.deepcopy(found), **copy.deepcopy(changes), VERSION: (old.version or 0) + 1}
         )
         cls._check(written, "the write stands, but it was not announced")
-        await cls._announce(old, written)
+        written.announced = await cls._announce(old, written)
         return written
 
     @classmethod
@@ -553,7 +643,7 @@ class Document:
         collection = cls._bound().collection
         for attempt in range(ATTEMPTS):
             current = await collection.find_one(
-                filter if version is None else {**filter, VERSION: version}
+                _alive(filter if version is None else {**filter, VERSION: version})
             )
             if current is None:
                 if version is not None:
@@ -573,7 +663,9 @@ class Document:
                 continue
             written = cls._load(found)
             cls._check(written, "the write stands, but it was not announced")
-            await cls._announce(cls._load(before) if before is not None else old, written, force)
+            written.announced = await cls._announce(
+                cls._load(before) if before is not None else old, written, force
+            )
             return written
         raise StaleError(
             f"{cls._live.name} {filter.get('_id')} kept changing during {ATTEMPTS} attempts; "
@@ -583,7 +675,7 @@ class Document:
     @classmethod
     async def _refused(cls, id: Any, version: int | None, *, missing_is_none: bool = False) -> None:
         """Raise why a write conditional on ``version`` missed: stale, or deleted."""
-        now = await cls._bound().collection.find_one({"_id": id})
+        now = await cls._bound().collection.find_one(_alive({"_id": id}))
         if now is None:
             if missing_is_none:
                 return
@@ -597,7 +689,7 @@ class Document:
 
     @classmethod
     async def _ids(cls, filter: Mapping[str, Any]) -> list[Any]:
-        cursor = cls._bound().collection.find(dict(filter), {"_id": 1}, sort=[("_id", 1)])
+        cursor = cls._bound().collection.find(_alive(dict(filter)), {"_id": 1}, sort=[("_id", 1)])
         return [document["_id"] async for document in cursor]
 
     @classmethod
@@ -621,41 +713,88 @@ class Document:
 
     @classmethod
     async def _announce(
-        cls, before: Document | None, after: Document | None, force: bool = False
-    ) -> None:
-        """Publish a write: ``deleted_`` to the channels left, ``created_`` to those
-        entered, ``updated_`` to those kept (when a public field changed, or ``force``)."""
-        hub = cls._bound().hub
+        cls,
+        before: Document | None,
+        after: Document | None,
+        force: bool = False,
+        swept: bool = False,
+    ) -> bool:
+        """Publish a write, then mark it announced: ``deleted_`` to the channels left,
+        ``created_`` to those entered, ``updated_`` to those kept (when a public field
+        changed, or ``force``). Each publish carries the key ``<name>:<id>:<version>``, so
+        a sweep of the same write publishes nothing twice. Returns False, leaving the write
+        pending for a sweep, if the broker failed.
+
+        The channels left are those last announced when ``before`` itself was pending (a
+        write whose announcement never went out), else ``before``'s own.
+        """
+        binding = cls._bound()
         name = cls._live.name
-        old = list(before.channels()) if before is not None else []
+        old = _announced(before) if before is not None else []
         new = list(after.channels()) if after is not None else []
         if after is not None:
             version = after.version
+            document = after
         else:
             assert before is not None
-            version = (before.version or 0) + 1
+            version = before.version if swept else (before.version or 0) + 1
+            document = before
+        key = f"{name}:{_digest(document.id)}:{version}"
+        events: list[tuple[str, str, Any, bool]] = []
         if after is None:
-            assert before is not None
-            gone = {"id": str(before.id)}
+            gone = {"id": str(document.id)}
+            for channel in dict.fromkeys([*old, *document.channels()]):
+                events.append((channel, f"deleted_{name}", gone, False))
+        else:
+            data = after.public()
+            changed = (
+                force
+                or cls._live.announce_unchanged
+                or before is None
+                or bool(before.fields.get(PENDING))
+                or before.public() != data
+            )
             for channel in old:
-                await hub.publish(channel, f"deleted_{name}", gone, version=version)
-            return
-        data = after.public()
-        changed = force or cls._live.announce_unchanged
-        changed = changed or before is None or before.public() != data
-        for channel in old:
-            if channel not in new:
-                await hub.publish(
-                    channel, f"deleted_{name}", {"id": str(after.id)}, version=version
+                if channel not in new:
+                    events.append((channel, f"deleted_{name}", {"id": str(after.id)}, False))
+            moved = before is not None and set(old) != set(new)
+            for channel in new:
+                if channel not in old:
+                    events.append((channel, f"created_{name}", data, False))
+                elif changed:
+                    # A channel the document stayed in while it moved (tasks/<id> of a task
+                    # that changed teams): who may follow it may have changed with it.
+                    events.append((channel, f"updated_{name}", data, moved))
+        try:
+            if _FAULT == "before-announce":  # test-only: die between the write and publish
+                os.kill(os.getpid(), signal.SIGKILL)
+            for channel, type, data, recheck in events:
+                await binding.hub.publish(
+                    channel, type, data, version=version, key=key, recheck=recheck
                 )
-        moved = before is not None and set(old) != set(new)
-        for channel in new:
-            if channel not in old:
-                await hub.publish(channel, f"created_{name}", data, version=version)
-            elif changed:
-                # A channel the document stayed in while it moved (tasks/<id> of a task that
-                # changed teams): who may follow it may have changed with it.
-                await hub.publish(channel, f"updated_{name}", data, version=version, recheck=moved)
+        except PublishError as exc:
+            log.warning("%s %s v%s: announcement pending (%s)", name, document.id, version, exc)
+            return False
+        # Done: the announcement went out. Conditional on the version, so that a newer
+        # write's own mark is never erased.
+        collection = binding.collection
+        if after is None:
+            _acknowledged(
+                await collection.delete_one({"_id": document.id, VERSION: version, DELETED: True})
+            )
+        else:
+            _acknowledged(
+                await collection.update_one(
+                    {"_id": after.id, VERSION: version},
+                    {"$unset": {PENDING: ""}, "$set": {ANNOUNCED: new}},
+                )
+            )
+            after.fields.pop(PENDING, None)
+            after.fields[ANNOUNCED] = new
+            if after._stored is not None:
+                after._stored.pop(PENDING, None)
+                after._stored[ANNOUNCED] = new
+        return True
 
     @classmethod
     async def _refetch(cls, documents: Iterable[Document], reason: str) -> None:
@@ -670,17 +809,48 @@ class Document:
 
 
 def _with_version(update: dict[str, Any]) -> dict[str, Any]:
-    """``update`` that also increments the version (and never sets ``_id``/``_version``)."""
+    """``update`` that also increments the version and marks the write pending (and never
+    sets ``_id``, ``_version`` or the other fields of the package)."""
     for operator, fields in update.items():
         if not operator.startswith("$"):
             raise ValueError(
                 f"an update uses MongoDB's operators ($set, $inc, ...); got {operator!r}"
             )
-        if isinstance(fields, Mapping) and ("_id" in fields or VERSION in fields):
-            raise ValueError(f"an update cannot change _id or {VERSION}")
+        if isinstance(fields, Mapping) and set(fields) & {"_id", *_OWN}:
+            raise ValueError(f"an update cannot change _id or {', '.join(_OWN)}")
     increments = dict(update.get("$inc", {}))
     increments[VERSION] = 1
-    return {**update, "$inc": increments}
+    marks = dict(update.get("$set", {}))
+    marks[PENDING] = True
+    return {**update, "$inc": increments, "$set": marks}
+
+
+_OWN: Final = (VERSION, PENDING, ANNOUNCED, DELETED)
+_SWEEPS: set[asyncio.Future[None]] = set()  # start-up sweeps still running
+#: Set to "before-announce" in the environment to SIGKILL the process between a write
+#: and its announcement. For tests of what a sweep recovers; never in production.
+_FAULT: Final = os.environ.get("TORNADO_LIVE_FAULT", "")
+
+
+def _alive(filter: Mapping[str, Any]) -> dict[str, Any]:
+    """``filter`` restricted to documents that are not deleted-but-not-yet-announced."""
+    return {**filter, DELETED: {"$ne": True}} if DELETED not in filter else dict(filter)
+
+
+def _announced(document: Document) -> list[str]:
+    """The channels ``document`` was last announced on: those of its last announcement
+    if its own is still due, else its own channels."""
+    if document.fields.get(PENDING):
+        return list(document.fields.get(ANNOUNCED) or [])
+    return list(document.channels())
+
+
+def _digest(id: Any) -> str:
+    """An id as it can stand in an idempotency key (printable, no spaces, bounded)."""
+    text = str(id)
+    if text.isascii() and text.isprintable() and " " not in text and len(text) <= 64:
+        return text
+    return hashlib.sha1(text.encode()).hexdigest()
 
 
 def _acknowledged(result: Any) -> None:

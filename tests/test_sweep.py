@@ -1,0 +1,168 @@
+"""Announcements that cannot be lost: a write marks itself pending, a sweep announces it.
+
+Real parts only: a private Redis (stopped, or frozen with SIGSTOP), the MongoDB wire
+server, and demo processes, one of them killed with SIGKILL between its write and its
+publish (the test-only fault point ``TORNADO_LIVE_FAULT=before-announce``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import uuid
+from typing import Any
+
+import pytest
+from helpers import Closing, Inbox, RedisServer, start_demo
+from pymongo import AsyncMongoClient
+from tornado.httpclient import AsyncHTTPClient
+from tornado.simple_httpclient import HTTPStreamClosedError
+
+from tornado_live import Client, Document, Hub
+from tornado_live.brokers.redis import RedisBroker
+from tornado_live.models import PENDING
+from tornado_live.testing import ws_url
+
+
+class Note(Document, name="note", public=("text",)):
+    """A model whose announcements the tests follow."""
+
+
+@pytest.fixture
+def notes(mongo_server: str, mongo_database: str, closing: Closing) -> Any:
+    client: AsyncMongoClient[dict[str, Any]] = closing(AsyncMongoClient(mongo_server))
+    return client[mongo_database]["notes"]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_write_made_while_redis_is_frozen_is_announced_once_by_the_sweep(
+    private_redis: RedisServer, notes: Any, closing: Closing
+) -> None:
+    hub = closing(Hub(RedisBroker(private_redis.url, timeout=0.5, backoff=(0.05, 0.2))))
+    listener = closing(RedisBroker(private_redis.url))  # another process's broker
+    inbox = Inbox()
+    await listener.subscribe("notes", inbox, inbox.gap)
+    Notes = Note.bind(notes, hub)
+    assert private_redis.process is not None
+    private_redis.process.send_signal(signal.SIGSTOP)
+    try:
+        note = await Notes(text="hello").save()  # the write stands; the publish timed out
+        assert note.announced is False
+        assert (await notes.find_one({"_id": note.id}))[PENDING] is True
+    finally:
+        private_redis.process.send_signal(signal.SIGCONT)
+    # Redis may run the timed-out script after all; the sweep's publish carries the same
+    # key, so either way subscribers get one event.
+    assert await Notes.sweep() == 1
+    assert await Notes.sweep() == 0  # nothing is due any more
+    [event] = await inbox.wait(1)
+    assert (event.type, event.version, json.loads(event.data)["text"]) == (
+        "created_note",
+        1,
+        "hello",
+    )
+    await asyncio.sleep(0.2)
+    assert len(inbox.events) == 1
+    assert PENDING not in (await notes.find_one({"_id": note.id}) or {})
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_writes_made_while_redis_is_away_are_announced_when_it_is_back(
+    private_redis: RedisServer, notes: Any, closing: Closing
+) -> None:
+    hub = closing(Hub(RedisBroker(private_redis.url, timeout=0.5, backoff=(0.05, 0.2))))
+    Notes = Note.bind(notes, hub)
+    kept = await Notes(text="kept").save()
+    private_redis.stop()
+    moved = await Notes.get(kept.id)
+    assert moved is not None
+    await moved.patch({"text": "changed while away"})
+    doomed = await Notes(text="doomed").save()
+    await doomed.delete()  # a deletion waits, hidden, until it is announced
+    assert (moved.announced, doomed.announced) == (False, False)
+    assert [note["text"] for note in await Notes.find()] == ["changed while away"]
+    assert await Notes.sweep() == 0  # Redis is still away: still pending
+    private_redis.start()  # empty
+    listener = closing(RedisBroker(private_redis.url))
+    inbox = Inbox()
+    await listener.subscribe("notes", inbox, inbox.gap)
+    assert await Notes.sweep() == 2
+    events = await inbox.wait(2)
+    kinds = sorted((event.type, json.loads(event.data).get("text")) for event in events)
+    assert kinds == [("deleted_note", None), ("updated_note", "changed while away")]
+    assert await notes.count_documents({}) == 1  # the deletion is done now
+    assert await Notes.sweep() == 0
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_process_killed_between_write_and_publish_loses_nothing(
+    mongo_server: str, private_redis: RedisServer, closing: Closing
+) -> None:
+    mongo = mongo_server.replace("/?", f"/sweep_{uuid.uuid4().hex[:8]}?")
+    steady = start_demo("--mongo", mongo, "--redis", private_redis.url, "--sweep", "0.3")
+    try:
+        client = closing(await Client.connect(ws_url(steady.url, "/live")))
+        await client.subscribe("users")
+        # A second process whose model writes die before they announce: SIGKILL.
+        doomed = start_demo(
+            "--mongo",
+            mongo,
+            "--redis",
+            private_redis.url,
+            env={"TORNADO_LIVE_FAULT": "before-announce"},
+        )
+        body = {"name": "Ada", "email": "ada@example.com", "password": "password"}
+        with pytest.raises(HTTPStreamClosedError):  # the process died mid-request
+            await AsyncHTTPClient().fetch(
+                f"{doomed.url}/users",
+                method="POST",
+                body=json.dumps(body),
+                headers={"Content-Type": "application/json"},
+                request_timeout=10,
+            )
+        assert doomed.stop() == -signal.SIGKILL  # it was dead already
+        # The write stood; the steady process's sweep announces it, once.
+        event = await client.receive(timeout=10)
+        assert (event["type"], event["data"]["name"], event["version"]) == (
+            "created_user",
+            "Ada",
+            1,
+        )
+        assert await client.receive_nothing(timeout=1.0)
+    finally:
+        steady.stop()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_three_processes_sweeping_the_same_announcements_send_each_once(
+    mongo_server: str, private_redis: RedisServer, closing: Closing
+) -> None:
+    mongo = mongo_server.replace("/?", f"/sweep_{uuid.uuid4().hex[:8]}?")
+    database = mongo.rsplit("/", 1)[1].split("?")[0]
+    client: AsyncMongoClient[dict[str, Any]] = closing(AsyncMongoClient(mongo_server))
+    users = client[database]["users"]
+    # Ten writes whose processes died before announcing them.
+    ids = [f"u{n}" for n in range(10)]
+    await users.insert_many(
+        [
+            {"_id": id, "name": id, "email": f"{id}@example.com", "_version": 1, PENDING: True}
+            for id in ids
+        ]
+    )
+    listener = closing(RedisBroker(private_redis.url))
+    inbox = Inbox()
+    await listener.subscribe("users", inbox, inbox.gap)
+    started = [
+        start_demo("--mongo", mongo, "--redis", private_redis.url, "--sweep", "0.1")
+        for _ in range(3)
+    ]
+    try:
+        events = await inbox.wait(10, timeout=15)
+        await asyncio.sleep(1.0)  # several more sweeps in each process
+        assert sorted(json.loads(e.data)["id"] for e in inbox.events) == sorted(ids)
+        assert [e.offset for e in events] == list(range(1, 11))
+        assert await users.count_documents({PENDING: True}) == 0
+    finally:
+        for demo in started:
+            demo.stop()
