@@ -166,3 +166,64 @@ async def test_three_processes_sweeping_the_same_announcements_send_each_once(
     finally:
         for demo in started:
             demo.stop()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_save_while_redis_is_frozen_answers_pending_and_reaches_every_process(
+    mongo_server: str, private_redis: RedisServer, closing: Closing
+) -> None:
+    mongo = mongo_server.replace("/?", f"/sweep_{uuid.uuid4().hex[:8]}?")
+    started = [
+        start_demo("--mongo", mongo, "--redis", private_redis.url, "--sweep", "0.3")
+        for _ in range(3)
+    ]
+    try:
+        clients = [closing(await Client.connect(ws_url(demo.url, "/live"))) for demo in started]
+        for client in clients:
+            await client.subscribe("users")
+        assert private_redis.process is not None
+        private_redis.process.send_signal(signal.SIGSTOP)  # slow, not gone: it keeps its data
+        try:
+            response = await AsyncHTTPClient().fetch(
+                f"{started[0].url}/users",
+                method="POST",
+                body=json.dumps({"name": "Ada", "email": "ada@example.com", "password": "p" * 8}),
+                headers={"Content-Type": "application/json"},
+                request_timeout=30,
+            )
+        finally:
+            private_redis.process.send_signal(signal.SIGCONT)
+        assert response.code == 201  # a success, which says the announcement is pending
+        assert response.headers.get("X-Announcement") == "pending"
+        loop = asyncio.get_running_loop()
+        thawed = loop.time()
+        for client in clients:  # every client, on every process, gets it once
+            event = await client.receive(timeout=10)
+            assert (event["type"], event["offset"]) == ("created_user", 1)
+        assert loop.time() - thawed < 0.3 * 3 + 1  # within the sweep interval plus a second
+        for client in clients:
+            assert await client.receive_nothing(timeout=0.8)
+    finally:
+        for demo in started:
+            demo.stop()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_periodic_job_in_three_processes_sends_one_event_per_period(
+    private_redis: RedisServer, closing: Closing
+) -> None:
+    # Three hubs, each with its own Redis connections, as three processes would have.
+    hubs = [closing(Hub(RedisBroker(private_redis.url))) for _ in range(3)]
+    listener = closing(RedisBroker(private_redis.url))
+    inbox = Inbox()
+    await listener.subscribe("reminders", inbox, inbox.gap)
+
+    async def job(hub: Hub, period: int) -> None:
+        await hub.publish("reminders", "standup", {"period": period}, key=f"standup:{period}")
+
+    for period in range(3):  # each period, every process's job fires at about the same time
+        await asyncio.gather(*(job(hub, period) for hub in hubs))
+    events = await inbox.wait(3)
+    await asyncio.sleep(0.3)
+    assert [json.loads(e.data)["period"] for e in inbox.events] == [0, 1, 2]
+    assert [e.offset for e in events] == [1, 2, 3]
