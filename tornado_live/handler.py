@@ -343,8 +343,7 @@ class LiveMixin(_Base):
         """Subscribe through the hub; a broker failure becomes an ``unavailable`` error."""
 
         async def state() -> Snapshot:
-            found = self.snapshot(channel)
-            result = await found if inspect.isawaitable(found) else found
+            result = await _resolved(self.snapshot(channel))
             if result is None:
                 raise ProtocolError(
                     "no_snapshot",
@@ -355,10 +354,9 @@ class LiveMixin(_Base):
                 )
             return result
 
-        async def allowed() -> bool:
+        async def allowed() -> bool:  # asked again when a document of the channel moves
             try:
-                decision = self.can_subscribe(channel)
-                return bool(await decision if inspect.isawaitable(decision) else decision)
+                return await self._live_may(channel)
             except Refused:
                 return False
 
@@ -396,9 +394,7 @@ class LiveMixin(_Base):
                 channel=channel,
             )
         try:
-            allowed = self.can_subscribe(channel)
-            if inspect.isawaitable(allowed):
-                allowed = await allowed
+            allowed = await self._live_may(channel)
         except Refused as exc:
             exc.id, exc.channel = id, channel
             raise
@@ -415,6 +411,10 @@ class LiveMixin(_Base):
                 "forbidden", f"not allowed to subscribe to {channel!r}", id=id, channel=channel
             )
 
+    async def _live_may(self, channel: str) -> bool:
+        """``can_subscribe(channel)``, plain or async; what it raises goes through."""
+        return bool(await _resolved(self.can_subscribe(channel)))
+
     async def _live_answer(self, frame: Message) -> bytes | None:
         """Call the method declared for the message's type; its ``reply`` frame (None if
         there is nothing to say)."""
@@ -428,9 +428,7 @@ class LiveMixin(_Base):
                 id=frame.id,
             )
         try:
-            result = getattr(self, name)(frame.data)
-            if inspect.isawaitable(result):
-                result = await result
+            result = await _resolved(getattr(self, name)(frame.data))
             if frame.id is None and result is None:
                 return None
             return protocol.reply(result, id=frame.id)
@@ -444,6 +442,16 @@ class LiveMixin(_Base):
                 f'the server failed handling "{frame.type}"; the error was logged there',
                 id=frame.id,
             ) from None
+
+
+R = TypeVar("R")
+
+
+async def _resolved(value: R | Awaitable[R]) -> R:
+    """What a hook returned, awaited if the hook was ``async`` (hooks may be either)."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
 
 
 #: HTTP status of an ``error`` frame answered over HTTP (400 for the other codes).

@@ -123,9 +123,10 @@ class Hub:
         is returned. A periodic job in every process that publishes with a key per period
         (``key=f"reminder:{date}"``) sends one event per period.
 
-        Raises `ProtocolError` (a `ValueError`) for a bad channel or type, `TypeError`
-        for data that is not JSON-serialisable, and `PublishError` when the broker could
-        not take it. In each case nothing was sent.
+        Raises `ProtocolError` (a `ValueError`) for a bad channel or type, `ValueError`
+        for a bad key and `TypeError` for data that is not JSON-serialisable (nothing was
+        sent), and `PublishError` when the broker could not take it (its ``sent`` says
+        whether anything was).
         """
         protocol.check_channel(channel)
         protocol.check_type(type)

@@ -453,10 +453,8 @@ class Document:
         gone = await cls._tombstone(filter)
         self._stored = None
         if gone is None:
-            if version is not None and await cls._bound().collection.find_one(
-                _alive({"_id": self.id})
-            ):
-                raise StaleError(f"{self._live.name} {self.id} is not at version {version}")
+            if version is not None:  # stale (with the version it is at now), or gone
+                await cls._refused(self.id, version, missing_is_none=True)
             return False
         self.announced = gone.announced
         return True
@@ -632,22 +630,17 @@ class Document:
         filter: dict[str, Any],
         update: dict[str, Any],
         *,
-        version: int | None = None,
         force: bool = False,
         before: Mapping[str, Any] | None = None,
     ) -> Self | None:
         """Read the document, write it conditional on its version, announce: the written
         document, or None if none matches. The read gives the exact ``before`` (its
         channels and public fields); a concurrent write makes the conditional write miss,
-        and it is tried again (`ATTEMPTS` times), or refused if ``version`` was asked."""
+        and it is tried again (`ATTEMPTS` times)."""
         collection = cls._bound().collection
         for attempt in range(ATTEMPTS):
-            current = await collection.find_one(
-                _alive(filter if version is None else {**filter, VERSION: version})
-            )
+            current = await collection.find_one(_alive(filter))
             if current is None:
-                if version is not None:
-                    await cls._refused(filter.get("_id"), version, missing_is_none=True)
                 return None
             old = cls._load(current)
             found = await collection.find_one_and_update(
@@ -656,8 +649,6 @@ class Document:
                 return_document=True,  # pymongo's ReturnDocument.AFTER
             )
             if found is None:
-                if version is not None:
-                    await cls._refused(old.id, version)
                 # Someone wrote it meanwhile: read it again, after a short, random pause.
                 await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
                 continue

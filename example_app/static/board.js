@@ -1,6 +1,7 @@
 // The team board's page: the team's tasks, live over live.js, changed through the REST
 // resource (/board/tasks) and the live socket's "claim" and "release" messages.
 import {connect} from "/static/live/live.js";
+import {button, element} from "/static/demo/dom.js";
 
 /** A fetch of the board's JSON resource: {ok, status, data}; data is the error's text if not ok. */
 async function api(method, url, body, headers = {}) {
@@ -333,16 +334,3 @@ function showBoard(board) {
   }
 }
 
-function element(tag, className, text) {
-  const made = document.createElement(tag);
-  made.className = className;
-  if (text !== undefined) made.textContent = text;
-  return made;
-}
-
-function button(text, className, onclick) {
-  const made = element("button", className, text);
-  made.type = "button";
-  made.onclick = onclick;
-  return made;
-}
