@@ -94,8 +94,12 @@ def _no_private_field_in_any_frame(monkeypatch: pytest.MonkeyPatch) -> Iterator[
 
 
 @pytest.fixture
-def hub() -> Hub:
-    return Hub()
+def hub(io_loop: IOLoop) -> Iterator[Hub]:
+    """A hub on the memory broker, closed after the test (which writes the waiting
+    done-marks of the models bound to it)."""
+    hub = Hub()
+    yield hub
+    io_loop.run_sync(hub.close, timeout=30)
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from typing import Any, Protocol, TypeVar
 
 import pytest
 
+from tornado_live import models
 from tornado_live.brokers import Broker
 from tornado_live.protocol import Event, Position, encode_data
 
@@ -56,6 +57,7 @@ class Closing:
         return thing
 
     async def close(self) -> None:
+        await models.flush()  # the models' waiting done-marks, before their clients close
         await self._stack.aclose()
 
 

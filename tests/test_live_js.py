@@ -605,6 +605,9 @@ class Slow:
         await asyncio.sleep(self.delay)
         return await self.source.snapshot(channel, limit)
 
+    async def flush(self) -> None:
+        await self.source.flush()
+
 
 def test_xsrf_cookies_work_on_every_transport(browser: Browser) -> None:
     with Served(xsrf_cookies=True) as served:

@@ -24,7 +24,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
 from example_app.store import memory_collection
-from tornado_live import Client, Document, Hub, LiveHandler, StaleError, UnboundError
+from tornado_live import Client, Document, Hub, LiveHandler, StaleError, UnboundError, models
 from tornado_live.models import MANY
 
 #: Seconds any one async test may take; every wait inside it is bounded by less.
@@ -74,6 +74,7 @@ async def connect(driver: str, uri: str, database: str, name: str) -> AsyncItera
         try:
             yield motor[database][name]
         finally:
+            await models.flush()  # the waiting done-marks, before the client closes
             motor.close()
     else:
         client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
@@ -82,6 +83,7 @@ async def connect(driver: str, uri: str, database: str, name: str) -> AsyncItera
         try:
             yield client[database][name]
         finally:
+            await models.flush()
             await client.close()
 
 
@@ -120,11 +122,15 @@ async def test_a_first_save_inserts_version_1_and_announces_created(
         assert await user.save() is user
         assert isinstance(user.id, ObjectId)
         assert (user.stored, user.version) == (True, 1)
+        # Announced; its done-mark waits (MARK_DELAY) to be written with others.
+        assert (await collection.find_one({"_id": user.id}) or {})["_pending"] is True
+        await Users.flush()
         assert await collection.find_one({"_id": user.id}) == {
             "_id": user.id,
             **ada(),
             "_version": 1,
             "_channels": ["users", f"users/{user.id}"],  # announced there; "_pending" is gone
+            "_marked": 1,  # by the done-mark of version 1
         }
         created = shown(user, name="Ada", email="ada@example.com")
         assert await events(hub, "users") == [("created_user", 1, created)]
@@ -208,6 +214,7 @@ async def test_patch_writes_only_the_named_fields_and_if_match_refuses_a_moved_v
             "email": "ada@lovelace.org",
             "_version": 3,
             "_channels": ["users", f"users/{mine.id}"],  # announced there: nothing is due
+            "_marked": 3,
         }
         with pytest.raises(StaleError):
             await mine.patch({"name": "Lovelace"}, version=2)  # If-Match: 2

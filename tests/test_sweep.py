@@ -19,7 +19,7 @@ from pymongo import AsyncMongoClient
 from tornado.httpclient import AsyncHTTPClient
 from tornado.simple_httpclient import HTTPStreamClosedError
 
-from tornado_live import Client, Document, Hub
+from tornado_live import Client, Document, Hub, models
 from tornado_live.brokers.redis import RedisBroker
 from tornado_live.models import PENDING
 from tornado_live.testing import ws_url
@@ -132,6 +132,85 @@ async def test_a_process_killed_between_write_and_publish_loses_nothing(
         assert await client.receive_nothing(timeout=1.0)
     finally:
         steady.stop()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_process_killed_after_the_publish_before_its_done_mark_sends_it_once(
+    mongo_server: str, private_redis: RedisServer, closing: Closing
+) -> None:
+    mongo = mongo_server.replace("/?", f"/sweep_{uuid.uuid4().hex[:8]}?")
+    steady = start_demo("--mongo", mongo, "--redis", private_redis.url, "--sweep", "0.3")
+    try:
+        client = closing(await Client.connect(ws_url(steady.url, "/live")))
+        await client.subscribe("users")
+        # A second process that dies when its first done-mark is due (MARK_DELAY after
+        # the publish): the write stands, announced, with _pending still set.
+        doomed = start_demo(
+            "--mongo",
+            mongo,
+            "--redis",
+            private_redis.url,
+            env={"TORNADO_LIVE_FAULT": "before-mark"},
+        )
+        body = {"name": "Ada", "email": "ada@example.com", "password": "password"}
+        created = await AsyncHTTPClient().fetch(
+            f"{doomed.url}/users",
+            method="POST",
+            body=json.dumps(body),
+            headers={"Content-Type": "application/json"},
+            request_timeout=10,
+        )
+        assert created.code == 201
+        assert "X-Announcement" not in created.headers  # it went out
+        event = await client.receive(timeout=10)
+        assert (event["type"], event["data"]["name"], event["version"]) == (
+            "created_user",
+            "Ada",
+            1,
+        )
+        for _ in range(100):  # bounded: the process kills itself when the mark is due
+            if doomed.process.poll() is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert doomed.stop() == -signal.SIGKILL
+        # The steady process's sweep publishes it again under the same key: the broker
+        # refuses it, so the client sees nothing more, and the write is marked done.
+        users: AsyncMongoClient[dict[str, Any]] = closing(AsyncMongoClient(mongo))
+        collection = users.get_default_database()["users"]
+        for _ in range(100):
+            if PENDING not in (await collection.find_one({"name": "Ada"}) or {PENDING: 1}):
+                break
+            await asyncio.sleep(0.05)
+        assert PENDING not in (await collection.find_one({"name": "Ada"}) or {PENDING: 1})
+        assert await client.receive_nothing(timeout=1.0)
+    finally:
+        steady.stop()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_write_that_follows_another_process_s_unmarked_one_announces_both_once(
+    mongo_server: str, mongo_database: str, notes: Any, closing: Closing
+) -> None:
+    hub = closing(Hub())
+    # Two bindings of one collection: two processes' models, each with its own marks.
+    First, Second = Note.bind(notes, hub), Note.bind(notes, hub)
+    note = await First(text="one").save()  # announced; its done-mark waits in First
+    copy = await Second.get(note.id)
+    assert copy is not None
+    assert copy[PENDING] is True  # the mark has not landed yet
+    await copy.patch({"text": "two"})  # Second cannot know v1 went out: it re-announces it
+    await models.flush()
+    history = await hub.broker.history("notes", since=0)
+    assert [(e.type, e.version) for e in history.events] == [
+        ("created_note", 1),  # once: the re-announcement carried v1's key and was refused
+        ("updated_note", 2),
+    ]
+    stored = await notes.find_one({"_id": note.id})
+    assert PENDING not in stored
+    assert (stored["_marked"], stored["_channels"]) == (
+        2,
+        ["notes", f"notes/{note.id}"],
+    )
 
 
 @pytest.mark.gen_test(timeout=60)

@@ -63,6 +63,10 @@ class Source(Protocol):
         this source's channels."""
         ...
 
+    async def flush(self) -> None:
+        """Finish what it still owes before the hub closes (a model: its done-marks)."""
+        ...
+
 
 Policy = Callable[[], Awaitable[bool]]
 """May this member still follow its channel? Asked again when an event says who may follow
@@ -242,9 +246,12 @@ class Hub:
                 task.add_done_callback(self._tasks.discard)
 
     async def close(self) -> None:
-        """Wait for pending unsubscriptions, then close the broker."""
+        """Wait for pending unsubscriptions, flush the sources (the models' done-marks),
+        then close the broker."""
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        for source in self.sources:
+            await source.flush()
         await self.broker.close()
 
     # -- internals ------------------------------------------------------------------------

@@ -34,6 +34,7 @@ import os
 import random
 import signal
 import uuid
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Protocol, Self, cast
@@ -52,6 +53,8 @@ VERSION: Final = "_version"
 PENDING: Final = "_pending"
 #: The channels the document was last announced on (set when an announcement is done).
 ANNOUNCED: Final = "_channels"
+#: The version whose announcement `ANNOUNCED` records (the newest done-mark written).
+MARKED: Final = "_marked"
 #: A deleted document whose deletion is not announced yet: hidden from reads, removed once
 #: announced.
 DELETED: Final = "_deleted"
@@ -60,6 +63,11 @@ SWEEP: Final = 5.0
 #: Documents a multi-document write announces one by one; beyond it, one
 #: ``refetch_<name>`` event per affected channel tells pages to refetch.
 MANY: Final = 100
+#: Seconds a done-mark may wait to be written together with the others of its collection
+#: (one ``bulk_write``); `MANY` waiting marks are written at once. A process that dies
+#: meanwhile leaves those writes pending: a sweep publishes them again with the same
+#: idempotency keys, which the broker refuses, so they still reach every subscriber once.
+MARK_DELAY: Final = 0.05
 #: Attempts of a read-then-conditional-write (`Document.find_one_and_update`) before a
 #: document that keeps changing gives `StaleError`.
 ATTEMPTS: Final = 10
@@ -81,6 +89,7 @@ class Collection(Protocol):
     async def delete_one(self, filter: Any, /) -> Any: ...
     async def delete_many(self, filter: Any, /) -> Any: ...
     async def create_index(self, keys: Any, /) -> Any: ...
+    async def bulk_write(self, requests: Any, /, *, ordered: bool = ...) -> Any: ...
 
 
 class UnboundError(LiveError, RuntimeError):
@@ -112,12 +121,127 @@ class Declaration:
     announce_unchanged: bool
 
 
+class Marks:
+    """The done-marks of one collection's announced writes, written together: one
+    ``bulk_write`` `MARK_DELAY` seconds after the first waits, or at once when `MANY`
+    wait. A mark is two updates: `PENDING` removed if the document is still at the version
+    announced, and `ANNOUNCED`/`MARKED` set if no newer version's mark landed first (so a
+    mark that arrives after the next write still records what was announced). A mark that
+    fails to be written leaves its write pending for a sweep."""
+
+    def __init__(self, collection: Collection) -> None:
+        self.collection = collection
+        #: id -> (version announced, the channels it was announced on)
+        self.waiting: dict[Any, tuple[int | None, list[str]]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._writing: set[asyncio.Task[None]] = set()
+        self._sending: dict[Any, tuple[int | None, list[str]]] = {}  # being written now
+        self._loop: asyncio.AbstractEventLoop | None = None  # where the marks are written
+        self._bulk = True  # False once the driver's bulk_write proved unusable
+        _MARKS.add(self)
+
+    def add(self, id: Any, version: int | None, channels: list[str]) -> None:
+        """Mark ``id`` at ``version`` announced on ``channels`` (soon, with the others)."""
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._forget()  # marks of a loop that ended: their writes stay pending
+            self._loop = loop
+        self.waiting[id] = (version, channels)  # a newer version's mark replaces an older
+        if len(self.waiting) >= MANY:
+            self._start()
+        elif self._timer is None:
+            self._timer = loop.call_later(MARK_DELAY, self._start)
+
+    def announced(self, document: Document) -> list[str] | None:
+        """The channels ``document`` was announced on, if this process announced its
+        version and its mark is not written yet; else None."""
+        for marks in (self.waiting, self._sending):
+            mark = marks.get(document.id)
+            if mark is not None and mark[0] == document.version:
+                return mark[1]
+        return None
+
+    async def flush(self) -> None:
+        """Write every waiting mark now, and wait for those being written."""
+        if self._loop is not asyncio.get_running_loop():
+            return  # none were made on this loop
+        self._start()
+        while self._writing:
+            await asyncio.gather(*self._writing)
+
+    def _forget(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.waiting.clear()
+        self._sending.clear()
+        self._writing.clear()
+
+    def _start(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if not self.waiting:
+            return
+        marks, self.waiting = self.waiting, {}
+        self._sending.update(marks)
+        task = asyncio.ensure_future(self._write(marks))
+        self._writing.add(task)
+        task.add_done_callback(self._writing.discard)
+
+    async def _write(self, marks: dict[Any, tuple[int | None, list[str]]]) -> None:
+        if _FAULT == "before-mark":  # test-only: die after the publish, before its mark
+            os.kill(os.getpid(), signal.SIGKILL)
+        updates: list[tuple[dict[str, Any], dict[str, Any]]] = []
+        for id, (version, channels) in marks.items():
+            updates.append(({"_id": id, VERSION: version}, {"$unset": {PENDING: ""}}))
+            older = [{MARKED: {"$lt": version}}, {MARKED: {"$exists": False}}]
+            updates.append(
+                ({"_id": id, "$or": older}, {"$set": {ANNOUNCED: channels, MARKED: version}})
+            )
+        try:
+            await self._update(updates)
+        finally:
+            for id, mark in marks.items():
+                if self._sending.get(id) == mark:
+                    del self._sending[id]
+
+    async def _update(self, updates: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+        try:
+            if self._bulk:
+                try:
+                    from pymongo import UpdateOne
+                except ImportError:  # pragma: no cover - both drivers come with pymongo
+                    self._bulk = False
+                else:
+                    try:
+                        result = await self.collection.bulk_write(
+                            [UpdateOne(*update) for update in updates], ordered=False
+                        )
+                    except TypeError:  # mongomock's bulk_write lags PyMongo's operations
+                        self._bulk = False
+                    else:
+                        _acknowledged(result)
+                        return
+            for update in updates:  # a driver without a usable bulk_write
+                _acknowledged(await self.collection.update_one(*update))
+        except Exception as exc:  # the writes stand, announced; a sweep marks them
+            log.warning(
+                "%d done-marks not written (%s): those writes stay pending, and the next sweep "
+                "publishes them again under the same keys (so once)",
+                len(updates),
+                exc,
+            )
+
+
 @dataclass(frozen=True, slots=True)
 class Binding:
-    """Where a bound model lives: its collection and the hub that announces its writes."""
+    """Where a bound model lives: its collection, the hub that announces its writes, and
+    the done-marks waiting to be written to the collection."""
 
     collection: Collection
     hub: Hub
+    marks: Marks
 
 
 class Document:
@@ -204,7 +328,7 @@ class Document:
             raise TypeError(f"{cls.__name__} needs name= and public= before bind()")
         bound = cast("type[Self]", type(cls.__name__, (cls,), {"__module__": cls.__module__}))
         bound.__qualname__ = cls.__qualname__
-        bound._binding = Binding(collection, hub)
+        bound._binding = Binding(collection, hub, Marks(collection))
         hub.sources.append(bound)
         return bound
 
@@ -405,8 +529,9 @@ class Document:
             after = dict(self.fields, _id=before.id)
             after[VERSION] = (version or 0) + 1
             after[PENDING] = True
-            if ANNOUNCED in before.fields:
-                after[ANNOUNCED] = before.fields[ANNOUNCED]
+            for own in (ANNOUNCED, MARKED):  # what the last done-mark recorded
+                if own in before.fields:
+                    after[own] = before.fields[own]
             self._check(type(self)(**after))
             result = await binding.collection.replace_one(
                 {"_id": before.id, VERSION: version}, after
@@ -544,8 +669,9 @@ class Document:
         idempotency key ``<name>:<id>:<version>``, so every subscriber receives it once.
         Writes still pending because the broker is still unreachable stay pending.
         """
-        collection = cls._bound().collection
-        cursor = collection.find({PENDING: True}, sort=[("_id", 1)])
+        binding = cls._bound()
+        await binding.marks.flush()  # this process's own announced writes are not due
+        cursor = binding.collection.find({PENDING: True}, sort=[("_id", 1)])
         due = [document async for document in cursor]
         announced = 0
         for document in due:
@@ -554,6 +680,13 @@ class Document:
             if await cls._announce(stored, after, force=True, swept=True):
                 announced += 1
         return announced
+
+    @classmethod
+    async def flush(cls) -> None:
+        """Write now the done-marks still waiting (they are written together, at most
+        `MARK_DELAY` seconds after their announcements). `Hub.close` calls it for every
+        model bound to the hub; call it yourself before reading ``_pending`` directly."""
+        await cls._bound().marks.flush()
 
     @classmethod
     def start_sweeping(cls, interval: float = SWEEP) -> Any:
@@ -716,12 +849,25 @@ class Document:
         a sweep of the same write publishes nothing twice. Returns False, leaving the write
         pending for a sweep, if the broker failed.
 
-        The channels left are those last announced when ``before`` itself was pending (a
-        write whose announcement never went out), else ``before``'s own.
+        The channels left are ``before``'s own once ``before`` is announced. A ``before``
+        still pending (its done-mark not written yet, or its announcement never went out:
+        a dead process, an absent broker) is announced first, under its own key, so the
+        broker refuses it if it went out already; if that fails too, this write stays
+        pending and the channels left are those of the last done-mark.
         """
         binding = cls._bound()
         name = cls._live.name
-        old = _announced(before) if before is not None else []
+        old: list[str] = []
+        if before is not None:
+            old = list(before.channels())
+            if before.fields.get(PENDING) and not swept:
+                waiting = binding.marks.announced(before)
+                if waiting is not None:
+                    old = waiting
+                elif not await cls._announce(before, before, True, swept=True):
+                    return False
+            elif before.fields.get(PENDING):
+                old = list(before.fields.get(ANNOUNCED) or [])
         new = list(after.channels()) if after is not None else []
         if after is not None:
             version = after.version
@@ -739,11 +885,7 @@ class Document:
         else:
             data = after.public()
             changed = (
-                force
-                or cls._live.announce_unchanged
-                or before is None
-                or bool(before.fields.get(PENDING))
-                or before.public() != data
+                force or cls._live.announce_unchanged or before is None or before.public() != data
             )
             for channel in old:
                 if channel not in new:
@@ -767,24 +909,23 @@ class Document:
             log.warning("%s %s v%s: announcement pending (%s)", name, document.id, version, exc)
             return False
         # Done: the announcement went out. Conditional on the version, so that a newer
-        # write's own mark is never erased.
-        collection = binding.collection
+        # write's own mark is never erased. A deletion is removed at once (its id is free
+        # again); the other marks are written together, soon (`Marks`).
         if after is None:
             _acknowledged(
-                await collection.delete_one({"_id": document.id, VERSION: version, DELETED: True})
-            )
-        else:
-            _acknowledged(
-                await collection.update_one(
-                    {"_id": after.id, VERSION: version},
-                    {"$unset": {PENDING: ""}, "$set": {ANNOUNCED: new}},
+                await binding.collection.delete_one(
+                    {"_id": document.id, VERSION: version, DELETED: True}
                 )
             )
+        else:
+            binding.marks.add(after.id, version, new)
             after.fields.pop(PENDING, None)
             after.fields[ANNOUNCED] = new
+            after.fields[MARKED] = version
             if after._stored is not None:
                 after._stored.pop(PENDING, None)
                 after._stored[ANNOUNCED] = new
+                after._stored[MARKED] = version
         return True
 
     @classmethod
@@ -816,24 +957,26 @@ def _with_version(update: dict[str, Any]) -> dict[str, Any]:
     return {**update, "$inc": increments, "$set": marks}
 
 
-_OWN: Final = (VERSION, PENDING, ANNOUNCED, DELETED)
+async def flush() -> None:
+    """Write now the done-marks waiting in this process, for every bound model (what
+    `Hub.close` does for the models bound to it): call it before closing a database
+    client that models were bound to."""
+    for marks in list(_MARKS):
+        await marks.flush()
+
+
+_OWN: Final = (VERSION, PENDING, ANNOUNCED, MARKED, DELETED)
+_MARKS: weakref.WeakSet[Marks] = weakref.WeakSet()  # every collection's done-marks
 _SWEEPS: set[asyncio.Future[None]] = set()  # start-up sweeps still running
 #: Set to "before-announce" in the environment to SIGKILL the process between a write
-#: and its announcement. For tests of what a sweep recovers; never in production.
+#: and its announcement, or to "before-mark" between the announcement and its done-mark.
+#: For tests of what a sweep recovers; never in production.
 _FAULT: Final = os.environ.get("TORNADO_LIVE_FAULT", "")
 
 
 def _alive(filter: Mapping[str, Any]) -> dict[str, Any]:
     """``filter`` restricted to documents that are not deleted-but-not-yet-announced."""
     return {**filter, DELETED: {"$ne": True}} if DELETED not in filter else dict(filter)
-
-
-def _announced(document: Document) -> list[str]:
-    """The channels ``document`` was last announced on: those of its last announcement
-    if its own is still due, else its own channels."""
-    if document.fields.get(PENDING):
-        return list(document.fields.get(ANNOUNCED) or [])
-    return list(document.channels())
 
 
 def _digest(id: Any) -> str:
@@ -855,6 +998,7 @@ def _acknowledged(result: Any) -> None:
 __all__ = [
     "ATTEMPTS",
     "MANY",
+    "MARK_DELAY",
     "VERSION",
     "Binding",
     "Collection",
@@ -862,4 +1006,5 @@ __all__ = [
     "Document",
     "StaleError",
     "UnboundError",
+    "flush",
 ]
