@@ -231,7 +231,7 @@ def make_app(
             (r"/users", UsersHandler, {"users": users}),
             (r"/users/([^/]+)", UserHandler, {"users": users}),
             (r"/board", BoardPage),
-            (r"/board/session", SessionHandler, {"tasks": tasks}),
+            (r"/board/session", SessionHandler, {"tasks": tasks, "hub": hub}),
             (r"/board/tasks", TasksHandler, {"tasks": tasks}),
             (r"/board/tasks/([^/]+)", TaskHandler, {"tasks": tasks}),
         ],

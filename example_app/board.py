@@ -14,7 +14,7 @@ from typing import Any
 
 import tornado.web
 
-from tornado_live import StaleError
+from tornado_live import Hub, PublishError, StaleError
 
 from .tasks import TEAM, Task
 from .web import JsonHandler
@@ -65,6 +65,11 @@ class Member:
 
     name: str
     team: str
+
+    @property
+    def id(self) -> str:
+        """``<team>/<name>``: who this is for `Hub.disconnect` (`LiveMixin.live_user`)."""
+        return f"{self.team}/{self.name}"
 
 
 def signed_in(handler: tornado.web.RequestHandler) -> Member | None:
@@ -167,7 +172,12 @@ class BoardResource(JsonHandler):
 # --8<-- [start:session]
 class SessionHandler(BoardResource):
     """``POST /board/session`` signs in (``{"name": "ann", "team": "red"}``), ``DELETE``
-    signs out, ``GET`` says who is signed in."""
+    signs out (and cuts that member's live connections in every process), ``GET`` says who
+    is signed in."""
+
+    def initialize(self, tasks: type[Task], hub: Hub) -> None:  # type: ignore[override]
+        super().initialize(tasks)
+        self.hub = hub
 
     def prepare(self) -> None:
         pass  # signing in needs no session
@@ -183,8 +193,16 @@ class SessionHandler(BoardResource):
         )
         self.set_status(204)
 
-    def delete(self) -> None:
+    async def delete(self) -> None:
+        member: Member | None = self.current_user
         self.clear_cookie(COOKIE)
+        if member is not None:
+            try:  # every tab and process: their sockets close with 4003, streams end
+                await self.hub.disconnect(member.id, reason="signed out")
+            except PublishError as exc:
+                self.set_status(503)
+                self.write_json({"error": f"signed out here; other tabs were not told ({exc})"})
+                return
         self.set_status(204)
         # --8<-- [end:session]
 

@@ -18,7 +18,7 @@ The flow of one event::
 from .brokers import Broker, History, PublishError
 from .brokers.memory import MemoryBroker
 from .client import Client, ClientError, Closed
-from .handler import LiveHandler, LiveMixin, message, static_route
+from .handler import Grant, LiveHandler, LiveMixin, message, static_route
 from .hub import Hub, Snapshot
 from .models import Document, StaleError, UnboundError
 from .protocol import Event, LiveError, Position, ProtocolError, Refused
@@ -30,6 +30,7 @@ __all__ = [
     "Closed",
     "Document",
     "Event",
+    "Grant",
     "History",
     "Hub",
     "LiveError",

@@ -10,6 +10,11 @@
     client.position("users")              # Position(epoch=..., offset=...), or None
     await client.close()
 
+With ``token=`` (a string, or a function, plain or async, that returns a fresh one), the
+client sends ``{"type": "auth", "token": ...}`` first and, when the server's ``authed``
+says the token expires, calls the function again ahead of that time and renews it over
+the open connection (`refresh_ahead`).
+
 Frames answering a request (``subscribed``, ``unsubscribed``, ``reply``, or an ``error``
 carrying the request's ``id``) go to the call that made the request; everything else
 (events, and errors not tied to a request) waits in order for `Client.receive`.
@@ -18,14 +23,29 @@ carrying the request's ``id``) go to the call that made the request; everything 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from .protocol import LiveError, Position
+
+log = logging.getLogger("tornado_live.client")
+
+Token = str | Callable[[], str | Awaitable[str]]
+"""A token, or a function (plain or async) giving a fresh one each time it is called."""
+
+
+def refresh_ahead(lifetime: float) -> float:
+    """Seconds before a token's expiry that the clients renew it: a quarter of its
+    ``lifetime`` (seconds from now to the expiry), at most a minute."""
+    return min(60.0, lifetime / 4)
 
 
 class ClientError(LiveError):
@@ -58,6 +78,11 @@ class Client:
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._frames: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
         self._reader = asyncio.ensure_future(self._read())
+        self._token: Token | None = None
+        self._refresher: asyncio.TimerHandle | None = None
+        self._refreshing: asyncio.Task[None] | None = None
+        #: When the token expires (UNIX seconds, the server's ``authed``), or None.
+        self.expires: float | None = None
 
     @classmethod
     async def connect(
@@ -67,19 +92,61 @@ class Client:
         origin: str | None = None,
         headers: dict[str, str] | None = None,
         timeout: float = 10.0,
+        token: Token | None = None,
     ) -> Client:
         """Open a connection to ``url`` (``ws://`` or ``wss://``).
 
         ``origin`` sets the ``Origin`` header, as a browser would; ``headers`` adds others
         (a cookie, an ``Authorization``). Raises `tornado.httpclient.HTTPClientError`
-        if the server refuses the handshake (403 for a cross-origin one).
+        if the server refuses the handshake (403 for a cross-origin one). With ``token``
+        the first frame is an ``auth`` (see the module documentation); a refused token
+        raises `ClientError` (``unauthorized``) and the connection is closed.
         """
         all_headers = dict(headers or {})
         if origin is not None:
             all_headers["Origin"] = origin
         request = HTTPRequest(url, headers=all_headers, connect_timeout=timeout)
         connection = await websocket_connect(request)
-        return cls(connection)
+        client = cls(connection)
+        if token is not None:
+            client._token = token
+            try:
+                await client.authenticate()
+            except BaseException:
+                await client.close()
+                raise
+        return client
+
+    async def authenticate(self, token: str | None = None) -> dict[str, Any]:
+        """Send an ``auth`` frame (``token``, or a fresh one from ``connect``'s ``token=``)
+        and return the ``authed`` frame; a renewal is scheduled ahead of its ``expires``.
+        Raises `ClientError` if the server refuses the token."""
+        if token is None:
+            if self._token is None:
+                raise ValueError("no token: pass one, or connect with token=")
+            value = self._token if isinstance(self._token, str) else self._token()
+            token = await value if inspect.isawaitable(value) else value
+        answer = await self._request({"type": "auth", "token": token})
+        expires = answer.get("expires")
+        self.expires = float(expires) if isinstance(expires, int | float) else None
+        if self._refresher is not None:
+            self._refresher.cancel()
+            self._refresher = None
+        if self.expires is not None and self._token is not None and not self._reader.done():
+            lifetime = self.expires - time.time()
+            delay = max(0.0, lifetime - refresh_ahead(lifetime))
+            self._refresher = asyncio.get_running_loop().call_later(delay, self._refresh)
+        return answer
+
+    def _refresh(self) -> None:
+        self._refresher = None
+        self._refreshing = asyncio.ensure_future(self._renew())
+
+    async def _renew(self) -> None:
+        try:
+            await self.authenticate()
+        except Exception as exc:  # the server closes the connection at the expiry
+            log.warning("could not renew the token (%s: %s)", type(exc).__name__, exc)
 
     # -- requests -----------------------------------------------------------------------
 
@@ -203,6 +270,7 @@ class Client:
 
     async def close(self) -> None:
         """Close the connection and wait until it is closed."""
+        self._stop_refreshing()
         self.connection.close()
         try:
             await asyncio.wait_for(asyncio.shield(self._reader), 5.0)
@@ -214,6 +282,11 @@ class Client:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    def _stop_refreshing(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            self._refresher = None
 
     def _track(self, frame: dict[str, Any]) -> None:
         channel, kind, offset = frame.get("channel"), frame.get("type"), frame.get("offset")
@@ -276,6 +349,7 @@ class Client:
                 waiting.set_result(frame)
                 continue
             self._frames.put_nowait(frame)
+        self._stop_refreshing()
         closed = Closed(self.close_code, self.close_reason)
         for waiting in self._waiting.values():
             if not waiting.done():

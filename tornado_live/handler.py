@@ -9,10 +9,13 @@ clients without WebSockets, on the same URL.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar, overload
 
@@ -21,7 +24,7 @@ import tornado.websocket
 
 from . import protocol
 from .hub import Hub, Snapshot
-from .protocol import Id, Message, Position, ProtocolError, Refused, Subscribe
+from .protocol import Auth, Id, Message, Position, ProtocolError, Refused, Subscribe
 from .transports import EventStream, WebSocket, cross_origin, headers_written
 
 if TYPE_CHECKING:
@@ -49,9 +52,20 @@ PING_INTERVAL: Final = 30.0
 SNAPSHOT_LIMIT: Final = 1000
 
 #: Types a handler cannot declare: the protocol's own.
-RESERVED: Final = frozenset({"subscribe", "unsubscribe", *protocol.SERVER_TYPES})
+RESERVED: Final = frozenset({"subscribe", "unsubscribe", "auth", *protocol.SERVER_TYPES})
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What `LiveMixin.authenticate` may return instead of a bare user: the ``user`` and
+    when the token ``expires`` (UNIX seconds; None: never). Before then the client must
+    send another ``auth`` frame, or the connection is closed with code 4001 (an event
+    stream is ended)."""
+
+    user: Any
+    expires: float | None = None
 
 
 @overload
@@ -105,6 +119,7 @@ class LiveMixin(_Base):
 
     hub: Hub
     _live: WebSocket | EventStream | None = None  # this client's transport
+    _live_expiry: asyncio.TimerHandle | None = None  # closes it when the token expires
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -142,6 +157,29 @@ class LiveMixin(_Base):
         of your own. The default allows every channel.
         """
         return True
+
+    def authenticate(self, token: str) -> Any | Awaitable[Any]:
+        """Who presents ``token``? Override; may be ``async``.
+
+        Called for a ``?token=...`` on the URL, and for every ``{"type": "auth", "token":
+        ...}`` frame (the first, and each renewal). Return the user (any object: it becomes
+        ``self.current_user`` for `can_subscribe` and messages), or a `Grant` of the user
+        and the token's expiry; return None or raise `Refused` to refuse the token
+        (``unauthorized``, or your own code). The default refuses every token: clients are
+        known by ``get_current_user`` (cookies) only.
+        """
+        return None
+
+    def live_user(self) -> str | None:
+        """The key `Hub.disconnect` and `Hub.revoke` know this client's user by. Override it
+        if users are not simply told apart by it. The default: None without a
+        ``current_user``, else its ``id`` attribute if it has one, else
+        ``str(self.current_user)``."""
+        user = self.current_user
+        if user is None:
+            return None
+        id = getattr(user, "id", None)
+        return str(user if id is None else id)
 
     def snapshot(self, channel: str) -> Snapshot | Awaitable[Snapshot | None] | None:
         """The current state of ``channel``, for a subscribe with ``"snapshot": true``, or
@@ -203,7 +241,7 @@ class LiveMixin(_Base):
         ):
             await self._live_stream()
         else:
-            await super().get(*args, **kwargs)
+            await self._live_websocket(*args, **kwargs)
 
     async def post(self, *args: Any, **kwargs: Any) -> None:
         """An application message over HTTP: ``{"type": ..., "id": ..., "data": ...}`` in,
@@ -259,6 +297,10 @@ class LiveMixin(_Base):
                 answer = await self._live_answer(frame)
                 if answer is not None:
                     transport.send(answer)
+            elif isinstance(frame, Auth):
+                expires = await self._live_authenticate(frame.token, frame.id)
+                await self._live_identify()
+                transport.send(protocol.authed(expires, id=frame.id))
             else:
                 await self.hub.unsubscribe(transport, frame.channel)
                 transport.send(protocol.unsubscribed(frame.channel, id=frame.id))
@@ -269,6 +311,7 @@ class LiveMixin(_Base):
         """Tornado calls this when the client goes away: its subscriptions end at once."""
         if self._live is not None:
             self._live.closed()
+        self._live_expire_at(None)
         super().on_connection_close()
 
     # -- internals (all named _live_*, out of the way of your own names) --------------------
@@ -300,6 +343,9 @@ class LiveMixin(_Base):
                     f"an event stream takes exactly one ?channel=...; got {len(channels)}",
                 )
             channel = protocol.check_channel(channels[0])
+            token = self.get_query_argument("token", None)
+            if token is not None:
+                await self._live_authenticate(protocol.check_token(token), None)
             epoch = self.get_query_argument("epoch", None)
             snapshot = self.get_query_argument("snapshot", "") in ("1", "true")
             last = self.request.headers.get("Last-Event-ID") or self.get_query_argument(
@@ -321,15 +367,98 @@ class LiveMixin(_Base):
             self.set_header("Cache-Control", "no-cache")
             self.set_header("X-Accel-Buffering", "no")  # nginx: pass each event on at once
             self._live = stream
+            await self._live_identify()
             await self._live_join(stream, channel, since, epoch, None, snapshot)
         except Refused as exc:
+            if self._live is not None:
+                self.hub.leave(self._live)
             self._live = None
+            self._live_expire_at(None)
             if not headers_written(self):
                 self._live_respond(exc.frame(), _STATUS.get(exc.code, 400))
             return
         if stream.gone():
             stream.closed()
-        await stream.serve(self.ping_interval or PING_INTERVAL)
+        try:
+            await stream.serve(self.ping_interval or PING_INTERVAL)
+        finally:
+            self._live_expire_at(None)
+
+    async def _live_websocket(self, *args: Any, **kwargs: Any) -> None:
+        """The WebSocket handshake, once a ``?token=`` (if any) was accepted, with the
+        transport made first so that the hub knows the connection's user from the start."""
+        token = self.get_query_argument("token", None)
+        try:
+            if token is not None:
+                await self._live_authenticate(protocol.check_token(token), None)
+        except Refused as exc:
+            self._live_respond(exc.frame(), _STATUS.get(exc.code, 400))
+            return
+        transport = self._live_socket()
+        await self._live_identify()
+        try:
+            await super().get(*args, **kwargs)
+        finally:
+            if self.ws_connection is None or self.ws_connection.is_closing():
+                transport.closed()  # a refused handshake, or the socket's end
+                self._live_expire_at(None)
+
+    async def _live_authenticate(self, token: str, id: Id) -> float | None:
+        """Ask `authenticate`; on success the user becomes ``current_user`` and the expiry is
+        set (returned). A token of another user than the connection's is refused."""
+        try:
+            result = await _resolved(self.authenticate(token))
+        except Refused as exc:
+            exc.id = id
+            raise
+        except Exception:
+            log.exception("authenticate() failed")
+            raise ProtocolError(
+                "internal_error",
+                "the server failed checking the token; the error was logged",
+                id=id,
+            ) from None
+        grant = result if isinstance(result, Grant) else Grant(result)
+        if grant.user is None:
+            raise ProtocolError("unauthorized", "the token was refused", id=id)
+        if grant.expires is not None and grant.expires <= time.time():
+            raise ProtocolError("unauthorized", "the token has expired", id=id)
+        before, was = self.current_user, self.live_user()
+        self.current_user = grant.user
+        if was is not None and self.live_user() != was:
+            self.current_user = before
+            raise ProtocolError(
+                "unauthorized",
+                "the token is another user's; a connection keeps its user (reconnect to change)",
+                id=id,
+            )
+        self._live_expire_at(grant.expires)
+        return grant.expires
+
+    async def _live_identify(self) -> None:
+        """Tell the hub whose this connection is (for `Hub.disconnect` and `Hub.revoke`)."""
+        if self._live is None:
+            return
+        try:
+            user = self.live_user()
+        except Exception:
+            log.exception("live_user() failed; the connection is nobody's")
+            user = None
+        await self.hub.identify(self._live, user)
+
+    def _live_expire_at(self, expires: float | None) -> None:
+        """Close the connection (4001) at ``expires`` (UNIX seconds); None: never."""
+        if self._live_expiry is not None:
+            self._live_expiry.cancel()
+            self._live_expiry = None
+        if expires is not None:
+            delay = max(0.0, expires - time.time())
+            self._live_expiry = asyncio.get_running_loop().call_later(delay, self._live_expired)
+
+    def _live_expired(self) -> None:
+        self._live_expiry = None
+        if self._live is not None:
+            self._live.disconnect(protocol.EXPIRED, "token expired")
 
     async def _live_join(
         self,
@@ -456,6 +585,7 @@ async def _resolved(value: R | Awaitable[R]) -> R:
 
 #: HTTP status of an ``error`` frame answered over HTTP (400 for the other codes).
 _STATUS: Final = {
+    "unauthorized": 401,
     "forbidden": 403,
     "unknown_type": 404,
     "too_big": 413,
@@ -495,6 +625,7 @@ __all__ = [
     "PING_INTERVAL",
     "SNAPSHOT_LIMIT",
     "STATIC_PATH",
+    "Grant",
     "LiveHandler",
     "LiveMixin",
     "message",

@@ -17,6 +17,7 @@ The hub imports neither Tornado nor Redis.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
@@ -42,6 +43,14 @@ class Connection(Hashable, Protocol):
     def reset(self, reason: str) -> None:
         """Events it subscribed to were lost: disconnect the client, so that it reconnects,
         resubscribes with ``since`` and is told ``recovered: false`` (and refetches)."""
+        ...
+
+
+class Disconnectable(Connection, Protocol):
+    """A connection the app can cut (`Hub.disconnect`): every transport is one."""
+
+    def disconnect(self, code: int, reason: str) -> None:
+        """Close with ``code`` and ``reason`` (a WebSocket), or end the stream."""
         ...
 
 
@@ -102,6 +111,9 @@ class Hub:
         self._tasks: set[asyncio.Task[None]] = set()
         #: What serves snapshots of channels (models add themselves when they are bound).
         self.sources: list[Source] = []
+        self._users: dict[str, set[Disconnectable]] = {}  # user -> local connections
+        self._user: dict[Connection, str] = {}  # connection -> its user
+        self._control: asyncio.Future[None] | None = None  # listening to control messages
 
     # -- publishing ---------------------------------------------------------------------
 
@@ -239,6 +251,7 @@ class Hub:
         Broker unsubscriptions that become due run in the background; `close` waits for
         them.
         """
+        self._forget_user(connection)
         for channel in tuple(self._channels.get(connection, ())):
             if self._remove(connection, channel):
                 task = asyncio.ensure_future(self._release(channel))
@@ -253,6 +266,96 @@ class Hub:
         for source in self.sources:
             await source.flush()
         await self.broker.close()
+
+    # -- users and revocation -------------------------------------------------------------
+
+    async def identify(self, connection: Disconnectable, user: str | None) -> None:
+        """Say whose ``connection`` is (``None``: nobody's), so that `disconnect` and `revoke`
+        of that user reach it. `leave` forgets it. The first call makes the hub listen to
+        the broker's control messages; if the broker cannot be reached, that is logged and
+        tried again at the next call."""
+        self._forget_user(connection)
+        if user is not None:
+            self._users.setdefault(user, set()).add(connection)
+            self._user[connection] = user
+        if self._control is None:
+            self._control = asyncio.ensure_future(self.broker.listen(self._order))
+        try:
+            await asyncio.shield(self._control)
+        except Exception as exc:
+            log.warning(
+                "cannot hear disconnect/revoke orders yet (%s: %s)", type(exc).__name__, exc
+            )
+            self._control = None
+
+    def user(self, connection: Connection) -> str | None:
+        """Whose ``connection`` is, as `identify` said (None if nobody's)."""
+        return self._user.get(connection)
+
+    async def disconnect(self, user: str, *, reason: str = "signed out") -> None:
+        """Close every connection of ``user`` in every process sharing the broker: close
+        code 4003 with ``reason`` (at most 120 bytes of UTF-8) on a WebSocket; an event
+        stream is ended. For a sign-out, say. Raises `PublishError` if the broker could not
+        take the order."""
+        if not isinstance(user, str) or not isinstance(reason, str):
+            raise TypeError(f"user and reason are strings; got {user!r}, {reason!r}")
+        if len(reason.encode()) > 120:
+            raise ValueError(f"a close reason is at most 120 bytes of UTF-8; got {reason[:40]!r}")
+        await self._send_order({"order": "disconnect", "user": user, "reason": reason})
+
+    async def revoke(self, user: str, channel: str) -> None:
+        """Unsubscribe every connection of ``user`` from ``channel`` in every process sharing
+        the broker; each is sent the ``revoked`` error of the channel (as when a moved
+        document's recheck refuses it) and stays open. Whether it may subscribe again is
+        `LiveMixin.can_subscribe`'s answer, so change what it reads first (the team's
+        members, say). Raises `PublishError` if the broker could not take the order."""
+        if not isinstance(user, str):
+            raise TypeError(f"user is a string; got {user!r}")
+        protocol.check_channel(channel)
+        await self._send_order({"order": "revoke", "user": user, "channel": channel})
+
+    async def _send_order(self, order: dict[str, str]) -> None:
+        await self.broker.control(protocol.encode(order))
+
+    def _order(self, message: bytes) -> None:
+        """A control message from any process (this one too): carry it out locally."""
+        try:
+            order = json.loads(message)
+            kind, user = order["order"], order["user"]
+        except (ValueError, TypeError, KeyError):
+            log.error("ignored a malformed control message: %.80r", message)
+            return
+        for connection in tuple(self._users.get(user, ())):
+            try:
+                if kind == "disconnect":
+                    self.leave(connection)
+                    connection.disconnect(protocol.DISCONNECTED, str(order.get("reason", "")))
+                elif kind == "revoke":
+                    self._revoke(connection, str(order.get("channel")), "access was revoked")
+            except Exception:
+                log.exception("connection %r failed to carry out a %s order", connection, kind)
+
+    def _revoke(self, connection: Connection, channel: str, why: str) -> None:
+        """Drop one membership and tell the client with a ``revoked`` error."""
+        if channel not in self._channels.get(connection, ()):
+            return
+        if self._remove(connection, channel):
+            task = asyncio.ensure_future(self._release(channel))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        connection.send(
+            protocol.error(
+                "revoked", f"no longer allowed to follow {channel[:60]}: {why}", channel=channel
+            )
+        )
+
+    def _forget_user(self, connection: Connection) -> None:
+        user = self._user.pop(connection, None)
+        if user is not None:
+            connections = self._users[user]
+            connections.discard(connection)
+            if not connections:
+                del self._users[user]
 
     # -- internals ------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """Wire protocol v1: parse client frames, encode server frames. Standard library only.
 
 Every frame is one JSON object in a text frame, and every object has a ``type``.
-Client frames are parsed into `Subscribe`, `Unsubscribe` or `Message`; anything else
+Client frames are parsed into `Subscribe`, `Unsubscribe`, `Auth` or `Message`; anything else
 raises `ProtocolError`, whose ``code`` and ``message`` become the ``error`` frame the
 client receives. A `Position` (an epoch and an offset) says where a channel stands.
 
@@ -27,12 +27,20 @@ CHANNEL_MAX: Final = 200
 TYPE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 #: Types the server sends; a client may not send them as application messages.
-SERVER_TYPES: Final = frozenset({"subscribed", "unsubscribed", "reply", "error"})
+SERVER_TYPES: Final = frozenset({"subscribed", "unsubscribed", "reply", "error", "authed"})
 
 #: An error code: a lower-case word (``forbidden``, ``already_claimed``).
 CODE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 _ID_MAX: Final = 128
+
+#: A token (``{"type": "auth", "token": ...}``, ``?token=``): at most this many characters.
+TOKEN_MAX: Final = 8192
+
+#: Close codes: the token expired without a refresh (4001); the app disconnected the user
+#: (`Hub.disconnect`, 4003). An event stream is ended instead.
+EXPIRED: Final = 4001
+DISCONNECTED: Final = 4003
 
 Id = str | int | None
 
@@ -134,7 +142,15 @@ class Message:
     id: Id = None
 
 
-Frame = Subscribe | Unsubscribe | Message
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """``{"type": "auth", "token": ..., "id": ...}``: who the client is, first or renewed."""
+
+    token: str
+    id: Id = None
+
+
+Frame = Subscribe | Unsubscribe | Message | Auth
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +223,19 @@ def check_channel(channel: Any, *, id: Id = None) -> str:
             id=id,
         )
     return channel
+
+
+def check_token(token: Any, *, id: Id = None) -> str:
+    """Return ``token`` if it is a non-empty string of at most `TOKEN_MAX` characters, else
+    raise `ProtocolError` (``invalid_token``)."""
+    if not isinstance(token, str) or not 0 < len(token) <= TOKEN_MAX:
+        got = _describe(token) if token is not None else "nothing"
+        raise ProtocolError(
+            "invalid_token",
+            f'"token" must be a non-empty string of at most {TOKEN_MAX} characters; got {got}',
+            id=id,
+        )
+    return token
 
 
 #: An idempotency key: at most 200 printable ASCII characters, no spaces.
@@ -312,6 +341,8 @@ def parse(text: str | bytes) -> Frame:
         return Subscribe(channel, since, epoch, id, snapshot)
     if kind == "unsubscribe":
         return Unsubscribe(check_channel(value.get("channel"), id=id), id)
+    if kind == "auth":
+        return Auth(check_token(value.get("token"), id=id), id)
     if kind in SERVER_TYPES:
         raise ProtocolError(
             "unknown_type", f'"{kind}" is a type the server sends, not one it accepts', id=id
@@ -366,6 +397,12 @@ def subscribed(
 def unsubscribed(channel: str, *, id: Id = None) -> bytes:
     """``{"type": "unsubscribed", "channel": ...}``"""
     return encode(_with({"type": "unsubscribed", "channel": channel}, id))
+
+
+def authed(expires: float | None, *, id: Id = None) -> bytes:
+    """``{"type": "authed", "id": ..., "expires": <UNIX seconds or null>}``: a token was
+    accepted; it must be renewed (another ``auth``) before ``expires``."""
+    return encode(_with({"type": "authed", "expires": expires}, id))
 
 
 def reply(data: Any, *, id: Id = None) -> bytes:

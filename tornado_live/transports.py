@@ -91,6 +91,13 @@ class WebSocket:
         """The client went away."""
         self.hub.leave(self)
 
+    def disconnect(self, code: int, reason: str) -> None:
+        """Close with ``code`` and ``reason``: the token expired (4001), the app disconnected
+        the user (4003)."""
+        self.hub.leave(self)
+        if self.handler.ws_connection is not None:
+            self.handler.close(code, reason)
+
 
 class EventStream:
     """The event-stream transport (Server-Sent Events): one ``GET`` response, kept open.
@@ -141,6 +148,11 @@ class EventStream:
         """The client went away, or the stream must end."""
         self.hub.leave(self)
         self.done.set()
+
+    def disconnect(self, code: int, reason: str) -> None:
+        """End the stream (an event stream has no close code): the token expired, or the
+        app disconnected the user."""
+        self.closed()
 
     def gone(self) -> bool:
         """True if the client's connection is already closed."""

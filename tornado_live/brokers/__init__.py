@@ -16,6 +16,10 @@ conformance suite (``tests/test_brokers.py``). The contract:
   were lost for good for this subscription (Redis came back empty, a history was
   dropped). Every subscription is told, so two hubs sharing one broker both are. The hub
   reference-counts, so a broker sees one subscription per hub and channel.
+* `Broker.control` sends a control message (an order such as "disconnect this user",
+  `Hub.disconnect`) to every `Broker.listen` callback in every process, this one
+  included, at most once each: no history, no offsets; one sent while a process is cut
+  off from the broker does not reach it. Control messages never mix with any channel's.
 * `Broker.history` says where a channel stands (its `Position`) and, given ``since``,
   returns the events after it, or ``recovered=False`` when the history no longer reaches
   back that far or belongs to another epoch.
@@ -43,6 +47,10 @@ Gap = Callable[[str, Position], None]
 """A subscription's ``gap(channel, position)`` callback: events on ``channel`` were lost
 for good for this subscription (Redis came back empty, say); delivery resumes after
 ``position``. Whoever holds connections for the channel must tell them to refetch."""
+
+
+Listener = Callable[[bytes], None]
+"""A control-message callback (`Broker.listen`). It must not block."""
 
 
 class PublishError(LiveError):
@@ -105,6 +113,16 @@ class Broker(Protocol):
         self, channel: str, since: int | None = None, epoch: str | None = None
     ) -> History:
         """The channel's position, and the events after ``since`` (if given)."""
+        ...
+
+    async def control(self, message: bytes) -> None:
+        """Send ``message`` to every `listen` callback of every process (this one too).
+        Raises `PublishError` if it could not be sent."""
+        ...
+
+    async def listen(self, listener: Listener) -> None:
+        """Call ``listener`` with every control message sent from now on (returns once that
+        holds)."""
         ...
 
     async def close(self) -> None:
@@ -170,4 +188,4 @@ def from_url(url: str) -> Broker:
     raise ValueError(f"unknown broker URL {url!r}: expected memory://, redis:// or rediss://")
 
 
-__all__ = ["Broker", "Deliver", "Gap", "History", "PublishError", "from_url"]
+__all__ = ["Broker", "Deliver", "Gap", "History", "Listener", "PublishError", "from_url"]

@@ -9,7 +9,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from ..protocol import Event, Position
-from . import Deliver, Gap, History
+from . import Deliver, Gap, History, Listener
 
 log = logging.getLogger("tornado_live.brokers")
 
@@ -67,6 +67,7 @@ class MemoryBroker:
         self._epoch = secrets.token_hex(8)
         self._evictions = 0
         self._state: OrderedDict[str, _Channel] = OrderedDict()
+        self._listeners: list[Listener] = []
 
     def _channel(self, name: str) -> _Channel:
         state = self._state.get(name)
@@ -169,5 +170,16 @@ class MemoryBroker:
         events = [event for _, event in state.events][len(state.events) - missed :]
         return History(position, events)
 
+    async def control(self, message: bytes) -> None:
+        for listener in tuple(self._listeners):
+            try:
+                listener(message)
+            except Exception:
+                log.exception("a control listener failed on %.80r", message)
+
+    async def listen(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
     async def close(self) -> None:
         self._state.clear()
+        self._listeners.clear()

@@ -15,7 +15,9 @@ Cluster they share one slot (``live`` is the default ``prefix``)::
                           the fields ``type``, ``data``, ``time`` (Redis's clock, in µs)
                           and ``version`` (the document's, or ``-``)
 
-and events are published on the pub/sub channel ``live:{users}``.
+and events are published on the pub/sub channel ``live:{users}``. Control messages
+(`RedisBroker.control`: `Hub.disconnect` and `Hub.revoke` orders) go on the pub/sub
+channel ``live:control``, which has no braces and so is no channel's.
 
 Publishing
 ----------
@@ -96,7 +98,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..protocol import Event, Position, check_channel, check_key, check_type
-from . import Deliver, Gap, History, PublishError
+from . import Deliver, Gap, History, Listener, PublishError
 
 log = logging.getLogger("tornado_live.brokers")
 
@@ -290,6 +292,10 @@ class RedisBroker:
         self._lock = asyncio.Lock()  # orders commands sent on the pub/sub connection
         self._reader: asyncio.Task[None] | None = None
         self._closed = False
+        self._control = f"{prefix}:control".encode()  # the control messages' pub/sub channel
+        self._listeners: list[Listener] = []
+        self._control_sent = -1  # the connection its SUBSCRIBE was last sent on
+        self._heard: asyncio.Future[None] | None = None  # done once it is subscribed
 
     # -- the Broker protocol ----------------------------------------------------------------
 
@@ -397,6 +403,43 @@ class RedisBroker:
         except Exception as exc:
             raise self._unreachable(f"could not read the history of {channel!r}", exc) from exc
         return self._answer(channel, reply)
+
+    async def control(self, message: bytes) -> None:
+        if self._closed:
+            raise PublishError("could not send a control message: the broker is closed")
+        try:
+            await self._redis.publish(self._control, message)
+        except Exception as exc:
+            raise PublishError(
+                f"could not send a control message: Redis at {self.where} failed "
+                f"({_name(exc)}: {exc})",
+                sent=None if isinstance(exc, RedisTimeoutError) else False,
+            ) from exc
+
+    async def listen(self, listener: Listener) -> None:
+        self._check_open()
+        self._listeners.append(listener)
+        self._start()
+        if self._heard is None:
+            self._heard = asyncio.get_running_loop().create_future()
+            self._heard.add_done_callback(_retrieve)
+        async with self._lock:
+            if self._pubsub is not None and self._control_sent != self._connection:
+                self._control_sent = self._connection
+                self._pending.append(("subscribe", self._control, None))
+                try:
+                    await self._pubsub.execute_command("SUBSCRIBE", self._control)
+                except Exception as exc:
+                    log.warning("Redis pub/sub connection failed: %s", exc)
+                    self._pubsub = None
+        try:
+            async with asyncio.timeout(self.timeout):
+                await asyncio.shield(self._heard)
+        except Exception as exc:
+            # Still registered: the reader subscribes it when it (re)connects.
+            if isinstance(exc, TimeoutError):
+                exc = TimeoutError(f"no answer within {self.timeout} s")
+            raise self._unreachable("could not listen to control messages", exc) from exc
 
     async def close(self) -> None:
         self._closed = True
@@ -547,6 +590,13 @@ class RedisBroker:
                 chunk = states[start : start + self.BATCH]
                 self._pending.extend(("subscribe", state.key, state) for state in chunk)
                 await pubsub.execute_command("SUBSCRIBE", *(state.key for state in chunk))
+            if self._listeners:
+                if self._heard is None or self._heard.done():
+                    self._heard = asyncio.get_running_loop().create_future()
+                    self._heard.add_done_callback(_retrieve)
+                self._control_sent = self._connection
+                self._pending.append(("subscribe", self._control, None))
+                await pubsub.execute_command("SUBSCRIBE", self._control)
             self._pubsub = pubsub
 
     def _down(self, pubsub: PubSub, exc: BaseException) -> None:
@@ -559,6 +609,8 @@ class RedisBroker:
             state.current = False
             if not state.live.done():
                 state.live.set_exception(failure)
+        if self._heard is not None and not self._heard.done():
+            self._heard.set_exception(failure)
 
     async def _read(self, pubsub: PubSub) -> NoReturn:
         loop = asyncio.get_running_loop()
@@ -593,7 +645,9 @@ class RedisBroker:
             if batch:
                 await self._catch_up(batch)
                 batch = []
-            if kind == "message":
+            if kind == "message" and message["channel"] == self._control:
+                self._hear(message["data"])
+            elif kind == "message":
                 state = self._keys.get(message["channel"])
                 if state is not None and state.current and not self._receive(state, message):
                     await self._catch_up([state])
@@ -607,9 +661,19 @@ class RedisBroker:
             raise ConnectionError(
                 f"Redis confirmed a {kind} of {key!r}, not {command} {expected!r}"
             )
+        heard = self._heard
+        if kind == "subscribe" and key == self._control and heard and not heard.done():
+            heard.set_result(None)
         if kind == "subscribe" and state is not None and self._keys.get(key) is state:
             return state
         return None
+
+    def _hear(self, message: bytes) -> None:
+        for listener in tuple(self._listeners):
+            try:
+                listener(message)
+            except Exception:
+                log.exception("a control listener failed on %.80r", message)
 
     def _receive(self, state: _Channel, message: dict[str, Any]) -> bool:
         """Deliver one published event; False if events before it are missing."""

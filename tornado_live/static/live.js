@@ -31,6 +31,17 @@
  *     timeout               milliseconds request() waits for a reply, and send() for a
  *                           transport to send on, default 10000.
  *     WebSocket, EventSource, fetch   the implementations to use (default: the globals).
+ *     token                 async () => "<token>": for a server whose handler authenticates
+ *                           tokens (LiveMixin.authenticate). On every (re)connect of the
+ *                           WebSocket the client calls it and sends {"type": "auth", "token"}
+ *                           before anything else; when the server's "authed" says the token
+ *                           expires, it calls it again ahead of that time (a quarter of the
+ *                           token's life before, at most 60 s) and renews it over the open
+ *                           socket. A refused token goes to onError ("unauthorized"); if the
+ *                           callback throws, onError gets "token_failed" and the client
+ *                           reconnects with the backoff. Over Server-Sent Events the token is
+ *                           the stream URL's &token= (fetched before the streams open; a
+ *                           stream refused "unauthorized" is opened again with a new one).
  *
  * live.subscribe(channel, handler?, {onRefetch?, onSnapshot?, onError?}) -> unsubscribe()
  *   handler(event) receives each event of the channel, a frame object
@@ -222,6 +233,9 @@ export class Live {
   #attempt = 0;
   #timer = null;
   #wasLive = false;
+  #authing = false; // the WebSocket is open, its auth frame not sent yet
+  #authTimer = null; // renews the token ahead of its expiry
+  #token = null; // the last token the callback gave (for event-stream URLs)
   #online = () => this.#wake();
 
   /** @type {"connecting" | "live" | "reconnecting" | "closed"} */
@@ -385,6 +399,7 @@ export class Live {
     if (this.state === "closed") return;
     this.#setState("closed");
     clearTimeout(this.#timer);
+    clearTimeout(this.#authTimer);
     globalThis.removeEventListener?.("online", this.#online);
     this.#dropSocket(1000, "closed by the page");
     for (const record of this.#channels.values()) this.#closeStream(record);
@@ -458,7 +473,7 @@ export class Live {
     const up =
       this.transport === "sse"
         ? this.#settled === "sse" || this.#channels.size === 0
-        : this.#socket?.readyState === OPEN;
+        : this.#socketReady();
     if (!up) return;
     for (const record of this.#channels.values()) {
       if (!record.confirmed && !record.refused) return;
@@ -467,7 +482,7 @@ export class Live {
   }
 
   #join(record) {
-    if (this.transport === "websocket" && this.#socket?.readyState === OPEN) {
+    if (this.transport === "websocket" && this.#socketReady()) {
       this.#subscribeFrame(record);
     } else if (this.transport === "sse" && this.#timer === null) {
       this.#openStream(record);
@@ -477,7 +492,7 @@ export class Live {
   #leave(record) {
     if (
       this.transport === "websocket" &&
-      this.#socket?.readyState === OPEN &&
+      this.#socketReady() &&
       record.requestId !== null
     ) {
       this.#socket.send(JSON.stringify({type: "unsubscribe", channel: record.name}));
@@ -503,27 +518,81 @@ export class Live {
       opened = true;
       this.#socketFailures = 0;
       this.#settled = "websocket";
-      for (const record of this.#channels.values()) {
-        record.confirmed = record.refused = false;
-        this.#subscribeFrame(record);
-      }
-      this.#flush();
-      this.#update();
+      if (this.#options.token) this.#authenticate(socket, true);
+      else this.#opened();
     };
     socket.onmessage = (message) => {
       if (socket === this.#socket) this.#receive(message.data);
     };
-    socket.onclose = () => {
+    socket.onclose = (event) => {
       if (socket !== this.#socket) return;
       this.#socket = null;
+      this.#authing = false;
+      clearTimeout(this.#authTimer);
       if (!opened) {
         this.#socketFailed();
         return;
+      }
+      if (event?.code === 4003) {
+        this.#error(new LiveError("disconnected", `the server disconnected: ${event.reason}`));
       }
       this.#lost(socket);
       this.#retry();
     };
     socket.onerror = () => {}; // a "close" always follows
+  }
+
+  /** Open and ready: subscribe every channel, send what waited. */
+  #opened() {
+    for (const record of this.#channels.values()) {
+      record.confirmed = record.refused = false;
+      this.#subscribeFrame(record);
+    }
+    this.#flush();
+    this.#update();
+  }
+
+  /** The socket can take frames: open, and its auth frame (if any) sent first. */
+  #socketReady() {
+    return this.#socket?.readyState === OPEN && !this.#authing;
+  }
+
+  /**
+   * Ask options.token() for a token and send it in an auth frame: first thing on a new
+   * socket (nothing else goes out before it), or over the open socket to renew it.
+   */
+  #authenticate(socket, first) {
+    if (first) this.#authing = true;
+    new Promise((resolve) => resolve(this.#options.token())).then(
+      (token) => {
+        if (socket !== this.#socket || socket.readyState !== OPEN) return;
+        this.#token = token;
+        socket.send(JSON.stringify({type: "auth", id: this.#nextId++, token}));
+        if (first) {
+          this.#authing = false;
+          this.#opened();
+        }
+      },
+      (error) => {
+        if (socket !== this.#socket) return;
+        this.#error(new LiveError("token_failed", `options.token() failed: ${error}`));
+        if (first) socket.close(1000, "no token");
+      },
+    );
+  }
+
+  /** The server accepted a token until `expires` (UNIX seconds): renew it ahead of then. */
+  #authed(frame) {
+    clearTimeout(this.#authTimer);
+    this.#authTimer = null;
+    if (typeof frame.expires !== "number" || !this.#options.token) return;
+    const lifetime = frame.expires * 1000 - Date.now();
+    const delay = Math.max(0, lifetime - Math.min(60000, lifetime / 4));
+    const socket = this.#socket;
+    this.#authTimer = setTimeout(() => {
+      this.#authTimer = null;
+      if (socket === this.#socket && this.#socketReady()) this.#authenticate(socket, false);
+    }, delay);
   }
 
   #socketFailed() {
@@ -589,6 +658,16 @@ export class Live {
 
   #openStreams() {
     this.#dropSocket(1000, "falling back to Server-Sent Events");
+    if (this.#options.token && this.#token === null) {
+      // The streams' URLs carry the token: get one first.
+      this.#timer = -1; // (not live yet: requests and sends wait meanwhile)
+      this.#freshToken().then(() => {
+        if (this.#timer !== -1) return;
+        this.#timer = null;
+        this.#openStreams();
+      });
+      return;
+    }
     for (const record of this.#channels.values()) this.#openStream(record);
     this.#flush();
     this.#update();
@@ -607,6 +686,7 @@ export class Live {
       url.searchParams.set("epoch", record.epoch);
     }
     if (record.snapshot) url.searchParams.set("snapshot", "1");
+    if (this.#token !== null) url.searchParams.set("token", this.#token);
     return url.href;
   }
 
@@ -642,6 +722,15 @@ export class Live {
       if (record.sourceSpoke) this.#streamRetry(record);
       else this.#streamRefused(record, url);
     };
+  }
+
+  /** A new token from options.token() for the event streams' URLs (kept on failure). */
+  async #freshToken() {
+    try {
+      this.#token = await this.#options.token();
+    } catch (error) {
+      this.#error(new LiveError("token_failed", `options.token() failed: ${error}`));
+    }
   }
 
   #closeStream(record) {
@@ -688,6 +777,14 @@ export class Live {
       this.#streamRetry(record);
       return;
     }
+    if (frame.code === "unauthorized" && this.#options.token && !record.retoken) {
+      // The URL's token expired: once, a new token and the stream again (with the backoff).
+      record.retoken = true;
+      await this.#freshToken();
+      this.#streamRetry(record);
+      return;
+    }
+    record.retoken = false;
     this.#settled ??= "sse";
     record.refused = true;
     record.awaiting = false;
@@ -720,6 +817,9 @@ export class Live {
         }
         break;
       case "unsubscribed":
+        break;
+      case "authed":
+        this.#authed(frame);
         break;
       case "reply": {
         const request = this.#pending.get(frame.id);
@@ -880,7 +980,7 @@ export class Live {
   /** Send the channel's subscribe again (a new frame, or a new event stream). */
   #resubscribe(record) {
     if (this.transport === "websocket") {
-      if (this.#socket?.readyState === OPEN) {
+      if (this.#socketReady()) {
         record.confirmed = false;
         this.#subscribeFrame(record);
       }
@@ -993,7 +1093,7 @@ export class Live {
 
   /** Send a request's or a send's frame now if a transport is up, else queue it. */
   #transmit(item) {
-    if (this.transport === "websocket" && this.#socket?.readyState === OPEN) {
+    if (this.transport === "websocket" && this.#socketReady()) {
       this.#sent(item);
       item.socket = this.#socket;
       this.#socket.send(item.text);
