@@ -124,10 +124,11 @@ class Declaration:
 class Marks:
     """The done-marks of one collection's announced writes, written together: one
     ``bulk_write`` `MARK_DELAY` seconds after the first waits, or at once when `MANY`
-    wait. A mark is two updates: `PENDING` removed if the document is still at the version
-    announced, and `ANNOUNCED`/`MARKED` set if no newer version's mark landed first (so a
-    mark that arrives after the next write still records what was announced). A mark that
-    fails to be written leaves its write pending for a sweep."""
+    wait. A mark removes `PENDING` and sets `ANNOUNCED`/`MARKED` if the document is still at
+    the version announced; if it moved on, `ANNOUNCED`/`MARKED` are still set unless a
+    newer version's mark landed first (so a mark that arrives after the next write still
+    records what was announced). A mark that fails to be written leaves its write pending
+    for a sweep."""
 
     def __init__(self, collection: Collection) -> None:
         self.collection = collection
@@ -192,46 +193,61 @@ class Marks:
     async def _write(self, marks: dict[Any, tuple[int | None, list[str]]]) -> None:
         if _FAULT == "before-mark":  # test-only: die after the publish, before its mark
             os.kill(os.getpid(), signal.SIGKILL)
-        updates: list[tuple[dict[str, Any], dict[str, Any]]] = []
-        for id, (version, channels) in marks.items():
-            updates.append(({"_id": id, VERSION: version}, {"$unset": {PENDING: ""}}))
-            older = [{MARKED: {"$lt": version}}, {MARKED: {"$exists": False}}]
-            updates.append(
-                ({"_id": id, "$or": older}, {"$set": {ANNOUNCED: channels, MARKED: version}})
+        # Most documents are still at the version announced: one update each does it all.
+        # The others moved on (a newer write came first): only what was announced is
+        # recorded, unless a newer version's mark landed already.
+        current = [
+            (
+                {"_id": id, VERSION: version},
+                {"$unset": {PENDING: ""}, "$set": {ANNOUNCED: channels, MARKED: version}},
             )
+            for id, (version, channels) in marks.items()
+        ]
+        moved = [
+            (
+                {"_id": id, "$or": [{MARKED: {"$lt": version}}, {MARKED: {"$exists": False}}]},
+                {"$set": {ANNOUNCED: channels, MARKED: version}},
+            )
+            for id, (version, channels) in marks.items()
+        ]
         try:
-            await self._update(updates)
+            if await self._update(current) < len(current):
+                await self._update(moved)
+        except Exception as exc:  # the writes stand, announced; a sweep marks them
+            log.warning(
+                "%d done-marks not written (%s): those writes stay pending, and the next sweep "
+                "publishes them again under the same keys (so once)",
+                len(marks),
+                exc,
+            )
         finally:
             for id, mark in marks.items():
                 if self._sending.get(id) == mark:
                     del self._sending[id]
 
-    async def _update(self, updates: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
-        try:
-            if self._bulk:
+    async def _update(self, updates: list[tuple[dict[str, Any], dict[str, Any]]]) -> int:
+        """Apply ``updates`` (one ``bulk_write`` if the driver can): how many matched."""
+        if self._bulk:
+            try:
+                from pymongo import UpdateOne
+            except ImportError:  # pragma: no cover - both drivers come with pymongo
+                self._bulk = False
+            else:
                 try:
-                    from pymongo import UpdateOne
-                except ImportError:  # pragma: no cover - both drivers come with pymongo
+                    result = await self.collection.bulk_write(
+                        [UpdateOne(*update) for update in updates], ordered=False
+                    )
+                except TypeError:  # mongomock's bulk_write lags PyMongo's operations
                     self._bulk = False
                 else:
-                    try:
-                        result = await self.collection.bulk_write(
-                            [UpdateOne(*update) for update in updates], ordered=False
-                        )
-                    except TypeError:  # mongomock's bulk_write lags PyMongo's operations
-                        self._bulk = False
-                    else:
-                        _acknowledged(result)
-                        return
-            for update in updates:  # a driver without a usable bulk_write
-                _acknowledged(await self.collection.update_one(*update))
-        except Exception as exc:  # the writes stand, announced; a sweep marks them
-            log.warning(
-                "%d done-marks not written (%s): those writes stay pending, and the next sweep "
-                "publishes them again under the same keys (so once)",
-                len(updates),
-                exc,
-            )
+                    _acknowledged(result)
+                    return int(result.matched_count)
+        matched = 0
+        for update in updates:  # a driver without a usable bulk_write
+            result = await self.collection.update_one(*update)
+            _acknowledged(result)
+            matched += int(result.matched_count)
+        return matched
 
 
 @dataclass(frozen=True, slots=True)
