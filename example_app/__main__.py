@@ -19,6 +19,7 @@ from tornado_live import Hub
 from tornado_live.models import SWEEP
 
 from .app import make_app
+from .reminders import start_reminders
 from .store import memory_collection
 from .tasks import Task
 from .users import User
@@ -51,6 +52,14 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         type=float,
         default=SWEEP,
         help=f"seconds between sweeps that announce writes left pending (default {SWEEP})",
+    )
+    parser.add_argument(
+        "--reminders",
+        type=float,
+        nargs=2,
+        metavar=("EVERY", "PERIOD"),
+        help="run a reminder job every EVERY seconds that publishes one 'standup' event per "
+        "PERIOD seconds on the channel reminders, however many processes run it",
     )
     parser.add_argument(
         "--secret",
@@ -91,6 +100,8 @@ async def serve(options: argparse.Namespace) -> None:
     # Writes whose announcement is due (a process died, Redis was away) are announced by
     # a sweep in every process, now and every few seconds.
     sweeps = [users.start_sweeping(options.sweep), tasks.start_sweeping(options.sweep)]
+    if options.reminders:
+        sweeps.append(start_reminders(hub, *options.reminders))
     secret = options.secret or secrets.token_urlsafe(32)
     if not options.secret and options.redis:
         print(

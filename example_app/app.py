@@ -145,8 +145,8 @@ class Live(LiveMixin, tornado.websocket.WebSocketHandler):
         # Asked on every subscribe: the first, each recovery after a reconnect, each snapshot.
         member: Member | None = self.current_user
         match channel.split("/"):
-            case ["users"] | ["users", _]:
-                return True  # the directory is public
+            case ["users"] | ["users", _] | ["reminders"]:
+                return True  # the directory (and the reminders job) is public
             case ["teams", team, "tasks"]:
                 return member is not None and team == member.team
             case ["tasks", id] if member is not None:

@@ -156,14 +156,17 @@ def stop_process(process: subprocess.Popen[str]) -> None:
 class RedisServer:
     """A private ``redis-server`` on 127.0.0.1 (never the machine's own on 6379).
 
-    No persistence: stopping it loses everything, as a restart of a cache-only Redis
-    would. ``start()`` again reuses the same port, so clients can reconnect.
+    No persistence unless ``persistent`` is set: stopping it loses everything, as a restart
+    of a cache-only Redis would. With ``persistent``, an append-only file (fsync on every
+    write) keeps its data across a stop. ``start()`` again reuses the same port, so
+    clients can reconnect.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, persistent: bool = False) -> None:
         self.port = free_port()
         assert self.port != 6379
         self.directory = directory
+        self.persistent = persistent
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -183,7 +186,12 @@ class RedisServer:
             [
                 binary,
                 *("--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no", "--daemonize", "no"),
+                *("--save", "", "--daemonize", "no"),
+                *(
+                    ("--appendonly", "yes", "--appendfsync", "always")
+                    if self.persistent
+                    else ("--appendonly", "no")
+                ),
                 *("--dir", str(self.directory), "--logfile", str(log)),
             ],
             stdin=subprocess.DEVNULL,
@@ -204,7 +212,8 @@ class RedisServer:
         pytest.fail(f"redis-server did not start on port {self.port}:\n{tail}")
 
     def stop(self) -> None:
-        """Stop it (SIGTERM to our own child; it saves nothing) and reap it."""
+        """Stop it (SIGTERM to our own child; it keeps nothing unless persistent) and reap
+        it."""
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return

@@ -8,9 +8,11 @@ publish (the test-only fault point ``TORNADO_LIVE_FAULT=before-announce``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -282,6 +284,84 @@ async def test_a_save_while_redis_is_frozen_answers_pending_and_reaches_every_pr
         assert loop.time() - thawed < 0.3 * 3 + 1  # within the sweep interval plus a second
         for client in clients:
             assert await client.receive_nothing(timeout=0.8)
+    finally:
+        for demo in started:
+            demo.stop()
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_save_while_redis_is_stopped_is_announced_when_it_comes_back_with_its_data(
+    mongo_server: str, tmp_path: Path, closing: Closing
+) -> None:
+    redis = RedisServer(tmp_path, persistent=True)
+    redis.start()
+    mongo = mongo_server.replace("/?", f"/sweep_{uuid.uuid4().hex[:8]}?")
+    started: list[Any] = []
+    try:
+        started += [
+            start_demo("--mongo", mongo, "--redis", redis.url, "--sweep", "0.3") for _ in range(2)
+        ]
+        clients = [closing(await Client.connect(ws_url(demo.url, "/live"))) for demo in started]
+        for client in clients:
+            await client.subscribe("users")
+        body = {"name": "Ada", "email": "ada@example.com", "password": "p" * 8}
+        await rest_post(started[0].url, body)
+        for client in clients:
+            assert (await client.receive(timeout=10))["offset"] == 1
+        redis.stop()  # it keeps its data: the channel's epoch and history survive
+        response = await rest_post(started[1].url, {**body, "email": "bob@example.com"})
+        assert response.headers.get("X-Announcement") == "pending"
+        loop = asyncio.get_running_loop()
+        redis.start()
+        back = loop.time()
+        for client in clients:  # once each, the next offset of the same epoch: no gap
+            event = await client.receive(timeout=10)
+            assert (event["type"], event["offset"], event["data"]["email"]) == (
+                "created_user",
+                2,
+                "bob@example.com",
+            )
+        assert loop.time() - back < 0.3 + 1 + 1  # sweep interval, a second, the reconnect
+        for client in clients:
+            assert await client.receive_nothing(timeout=0.8)
+    finally:
+        for demo in started:
+            demo.stop()
+        redis.stop()
+
+
+async def rest_post(url: str, body: dict[str, Any]) -> Any:
+    return await AsyncHTTPClient().fetch(
+        f"{url}/users",
+        method="POST",
+        body=json.dumps(body),
+        headers={"Content-Type": "application/json"},
+        request_timeout=30,
+    )
+
+
+@pytest.mark.gen_test(timeout=60)
+async def test_a_periodic_job_in_three_demo_processes_sends_one_event_per_period(
+    private_redis: RedisServer, closing: Closing
+) -> None:
+    # Each process runs the job ten times a period (the period is a second).
+    started = [
+        start_demo("--redis", private_redis.url, "--reminders", "0.1", "1.0") for _ in range(3)
+    ]
+    try:
+        client = closing(await Client.connect(ws_url(started[0].url, "/live")))
+        await client.subscribe("reminders")
+        periods: list[int] = []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 3.5
+        while loop.time() < deadline:  # bounded: 3.5 s
+            with contextlib.suppress(asyncio.TimeoutError):
+                event = await client.receive(timeout=max(0.01, deadline - loop.time()))
+                assert event["type"] == "standup"
+                periods.append(event["data"]["period"])
+        # About 30 publishes a second from three processes: one event per period.
+        assert len(periods) >= 3
+        assert periods == list(range(periods[0], periods[0] + len(periods)))
     finally:
         for demo in started:
             demo.stop()
