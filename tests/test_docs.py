@@ -432,23 +432,3 @@ async def test_other_sites_cannot_connect(live_connect: LiveConnect) -> None:
         await live_connect("/live", origin="https://elsewhere.example")
     assert refused.value.code == 403
     # --8<-- [end:howto]
-
-
-@pytest.mark.gen_test(timeout=10)
-async def test_the_periodic_job_of_the_scaling_how_to_sends_one_event_per_period() -> None:
-    [(_, body)] = [
-        found for found in blocks(DOCS / "howto-scale.md", "python") if "remind" in found[1]
-    ]
-    namespace: dict[str, Any] = {}
-    exec(compile(body, "docs/howto-scale.md", "exec"), namespace)
-    broker = tornado_live.MemoryBroker()  # three processes sharing one broker
-    hubs = [tornado_live.Hub(broker) for _ in range(3)]
-    jobs = [namespace["start_reminders"](hub) for hub in hubs]
-    try:
-        for job in jobs:  # each process's job fires in the same hour
-            await job.callback()
-        history = await broker.history("reminders", since=0)
-        assert [event.type for event in history.events] == ["standup"]
-    finally:
-        for job in jobs:
-            job.stop()
