@@ -108,6 +108,7 @@ async def serve(options: argparse.Namespace) -> None:
             file=sys.stderr,
             flush=True,
         )
+    # --8<-- [start:timeouts]
     # A client that opens a TCP connection and sends half a request (or nothing) is closed
     # after idle_timeout seconds; a request body must arrive within body_timeout.
     server = tornado.httpserver.HTTPServer(
@@ -115,6 +116,7 @@ async def serve(options: argparse.Namespace) -> None:
         idle_connection_timeout=options.idle_timeout,
         body_timeout=options.idle_timeout,
     )
+    # --8<-- [end:timeouts]
     server.add_sockets(sockets)
     host, port = sockets[0].getsockname()[:2]
     host = f"[{host}]" if ":" in host else host

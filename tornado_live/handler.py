@@ -97,8 +97,10 @@ class LiveMixin(_Base):
     Cross-origin handshakes, streams and messages are refused (403) as Tornado refuses
     cross-origin handshakes, unless the origin is listed in the ``trusted_origins``
     application setting. Settings read here, all optional: ``live_max_message_size``,
-    ``live_max_channels``, ``live_max_pending``, ``live_ping_interval`` and
-    ``live_ping_timeout``; Tornado's own ``websocket_*`` settings are left to the
+    ``live_max_channels``, ``live_max_pending``, ``live_ping_interval``,
+    ``live_ping_timeout``, ``live_rate_limit``, ``live_rate_burst``,
+    ``live_max_connections``, ``live_retry_after`` and ``live_idle_timeout`` (see
+    `tornado_live.limits`); Tornado's own ``websocket_*`` settings are left to the
     application's other WebSocket handlers.
     """
 
