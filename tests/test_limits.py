@@ -236,11 +236,12 @@ async def test_channels_that_never_had_an_event_leave_no_key_behind(
             again = await broker.history(name, since=0, epoch=history.position.epoch)
             assert again.recovered  # within vacancy, recovery works as before
         await broker.publish("published", "updated_user", b"{}")
-        async with Redis.from_url(private_redis.url, decode_responses=True) as admin:
+        async with Redis.from_url(private_redis.url) as admin:
             for key in await admin.keys("t:*"):
-                if key.endswith("{published}:events"):
+                name = key if isinstance(key, str) else key.decode()
+                if name.endswith("{published}:events"):
                     continue  # the history's own ttl
-                if "{published}" in key:
+                if "{published}" in name:
                     assert await admin.pttl(key) > 3_600_000  # retention, as before
                 else:
                     assert 0 < await admin.pttl(key) <= 3_000  # vacancy
