@@ -26,6 +26,8 @@ from .users import User
 
 #: The environment variable that gives the cookie secret when --secret does not.
 SECRET = "TORNADO_LIVE_DEMO_SECRET"
+#: The environment variable that gives --idle-timeout's default.
+IDLE = "TORNADO_LIVE_DEMO_IDLE_TIMEOUT"
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -66,6 +68,13 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=os.environ.get(SECRET),
         help=f"the secret that signs the board's session cookies (default: ${SECRET}, else "
         "a random one, good for this process only: give every process of one site the same)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=float(os.environ.get(IDLE, 60)),
+        help=f"seconds before closing an HTTP connection that sent nothing, or part of a "
+        f"request, then stalled (default: ${IDLE}, else 60)",
     )
     return parser.parse_args(argv)
 
@@ -110,7 +119,15 @@ async def serve(options: argparse.Namespace) -> None:
             file=sys.stderr,
             flush=True,
         )
-    server = tornado.httpserver.HTTPServer(make_app(hub, users, tasks, cookie_secret=secret))
+    # --8<-- [start:timeouts]
+    # A client that opens a TCP connection and sends half a request (or nothing) is closed
+    # after idle_timeout seconds; a request body must arrive within body_timeout.
+    server = tornado.httpserver.HTTPServer(
+        make_app(hub, users, tasks, cookie_secret=secret),
+        idle_connection_timeout=options.idle_timeout,
+        body_timeout=options.idle_timeout,
+    )
+    # --8<-- [end:timeouts]
     server.add_sockets(sockets)
     host, port = sockets[0].getsockname()[:2]
     host = f"[{host}]" if ":" in host else host

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import random
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar, overload
 import tornado.web
 import tornado.websocket
 
-from . import protocol
+from . import limits, protocol
 from .hub import Hub, Snapshot
 from .protocol import Auth, Id, Message, Position, ProtocolError, Refused, Subscribe
 from .transports import EventStream, WebSocket, cross_origin, headers_written
@@ -109,8 +110,10 @@ class LiveMixin(_Base):
     Cross-origin handshakes, streams and messages are refused (403) as Tornado refuses
     cross-origin handshakes, unless the origin is listed in the ``trusted_origins``
     application setting. Settings read here, all optional: ``live_max_message_size``,
-    ``live_max_channels``, ``live_max_pending``, ``live_ping_interval`` and
-    ``live_ping_timeout``; Tornado's own ``websocket_*`` settings are left to the
+    ``live_max_channels``, ``live_max_pending``, ``live_ping_interval``,
+    ``live_ping_timeout``, ``live_rate_limit``, ``live_rate_burst``,
+    ``live_max_connections``, ``live_retry_after`` and ``live_idle_timeout`` (see
+    `tornado_live.limits`); Tornado's own ``websocket_*`` settings are left to the
     application's other WebSocket handlers.
     """
 
@@ -120,6 +123,9 @@ class LiveMixin(_Base):
     hub: Hub
     _live: WebSocket | EventStream | None = None  # this client's transport
     _live_expiry: asyncio.TimerHandle | None = None  # closes it when the token expires
+    _live_bucket: limits.Bucket | None = None  # this WebSocket's rate limit
+    _live_joins = 0  # subscribes answered, for the idle check
+    _live_timer: asyncio.TimerHandle | None = None  # the next idle check
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -235,13 +241,27 @@ class LiveMixin(_Base):
 
     async def get(self, *args: Any, **kwargs: Any) -> None:
         """A WebSocket handshake, or (``Accept: text/event-stream``) an event stream."""
-        headers = self.request.headers
-        if headers.get("Upgrade", "").lower() != "websocket" and "text/event-stream" in (
-            headers.get("Accept", "")
-        ):
-            await self._live_stream()
-        else:
-            await self._live_websocket(*args, **kwargs)
+        slots = limits.slots(self.application)
+        if not slots.take(self._setting("live_max_connections", limits.MAX_CONNECTIONS)):
+            self._live_full()
+            return
+        try:  # the connection lives as long as this call: its slot is freed at the end
+            headers = self.request.headers
+            if headers.get("Upgrade", "").lower() != "websocket" and "text/event-stream" in (
+                headers.get("Accept", "")
+            ):
+                await self._live_stream()
+            else:
+                timeout = self.settings.get("live_idle_timeout", limits.IDLE_TIMEOUT)
+                if timeout:
+                    self._live_timer = asyncio.get_running_loop().call_later(
+                        float(timeout), self._live_idle, float(timeout), 0
+                    )
+                await self._live_websocket(*args, **kwargs)
+        finally:
+            slots.free()
+            if self._live_timer is not None:
+                self._live_timer.cancel()
 
     async def post(self, *args: Any, **kwargs: Any) -> None:
         """An application message over HTTP: ``{"type": ..., "id": ..., "data": ...}`` in,
@@ -280,6 +300,8 @@ class LiveMixin(_Base):
     async def on_message(self, message: str | bytes) -> None:
         """Tornado calls this for each client frame, one at a time, in order."""
         transport = self._live_socket()
+        if not self._live_admit(transport, message):
+            return
         if isinstance(message, bytes):
             transport.send(
                 protocol.error("binary_frame", "expected JSON in a text frame; got a binary frame")
@@ -293,6 +315,7 @@ class LiveMixin(_Base):
                     await self._live_join(
                         transport, frame.channel, frame.since, frame.epoch, frame.id, frame.snapshot
                     )
+                    self._live_joins += 1
             elif isinstance(frame, Message):
                 answer = await self._live_answer(frame)
                 if answer is not None:
@@ -320,6 +343,65 @@ class LiveMixin(_Base):
         if self._live is None:
             self._live = WebSocket(self, self.hub, self._setting("live_max_pending", MAX_PENDING))
         return self._live
+
+    def _live_admit(self, transport: WebSocket | EventStream, message: str | bytes) -> bool:
+        """The rate limit, before any parsing: False (answered ``rate_limited``, or closed
+        with 1008 for persistent abuse) if this frame is over it."""
+        bucket = self._live_bucket
+        if bucket is None:
+            bucket = self._live_bucket = limits.Bucket(
+                float(self.settings.get("live_rate_limit", limits.RATE_LIMIT)),
+                self._setting("live_rate_burst", limits.RATE_BURST),
+            )
+        if bucket.take():
+            return True
+        if bucket.abusive():
+            limits.hit("rate_closed")
+            if self.ws_connection is not None and not self.ws_connection.is_closing():
+                log.warning("closing %s: it kept sending over its rate limit", self)
+                self.close(1008, f"rate limit: over {bucket.burst} frames refused in a row")
+            return False
+        limits.hit("rate_limited")
+        transport.send(
+            protocol.error(
+                "rate_limited",
+                f"at most {bucket.rate:g} frames per second (bursts of {bucket.burst}); this "
+                f"one was not processed: retry in {bucket.retry():.2f} s",
+                id=limits.frame_id(message) if isinstance(message, str) else None,
+            )
+        )
+        return False
+
+    def _live_full(self) -> None:
+        """Refuse a handshake or event stream: this application serves its limit."""
+        limits.hit("connection_refused")
+        retry = self._setting("live_retry_after", limits.RETRY_AFTER)
+        retry += random.randint(0, max(1, retry // 2))  # not everyone back at once
+        limit = self._setting("live_max_connections", limits.MAX_CONNECTIONS)
+        self.set_header("Retry-After", str(retry))
+        self._live_respond(
+            protocol.error(
+                "unavailable",
+                f"this server serves its limit of {limit} connections; retry in {retry} s",
+            ),
+            503,
+        )
+
+    def _live_idle(self, timeout: float, joins: int) -> None:
+        """Close a WebSocket that held no subscription for ``timeout`` seconds: checked
+        every ``timeout`` seconds, closed when two checks in a row find none and nothing
+        was subscribed in between (the opening counts as the first check)."""
+        connection = self.ws_connection
+        if connection is None or connection.is_closing():
+            return
+        held = self._live is not None and bool(self.hub.subscriptions(self._live))
+        if not held and joins == self._live_joins:
+            limits.hit("idle_closed")
+            self.close(1008, f"idle: no subscription for {timeout:g} s")
+            return
+        self._live_timer = asyncio.get_running_loop().call_later(
+            timeout, self._live_idle, timeout, -1 if held else self._live_joins
+        )
 
     def _live_respond(self, frame: bytes, status: int) -> None:
         """Answer an HTTP request with one frame as its JSON body."""

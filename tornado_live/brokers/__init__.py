@@ -137,8 +137,8 @@ def from_url(url: str) -> Broker:
     `MemoryBroker` for one process.
     ``redis://host:6379/0`` (or ``rediss://`` for TLS) gives a
     `RedisBroker` shared by every process using the same
-    Redis; it takes the options ``history``, ``ttl``, ``retention``, ``prefix``, ``timeout``
-    and ``window`` (``redis://localhost:6379/0?history=500&prefix=myapp``).
+    Redis; it takes the options ``history``, ``ttl``, ``retention``, ``prefix``, ``timeout``,
+    ``window`` and ``vacancy`` (``redis://localhost:6379/0?history=500&prefix=myapp``).
     """
     parts = urlsplit(url)
     options = {key: values[-1] for key, values in parse_qs(parts.query).items()}
@@ -167,6 +167,7 @@ def from_url(url: str) -> Broker:
             "prefix": str,
             "timeout": float,
             "window": float,
+            "vacancy": float,
         }
         unknown = sorted(set(options) - set(kinds))
         if unknown:

@@ -35,6 +35,10 @@ and identical in every process, and an event is never published without being st
 3. Expiry: the stream expires ``ttl`` after the last event (every entry is older than
    ``ttl`` by then); the epoch and offset keys ``retention`` after the channel was last
    used (published to, or asked for its position), which bounds what idle channels cost.
+   A channel that never had an event (offset 0) keeps them only ``vacancy`` seconds
+   (default 300) after its last use, and every broker subscribed to it renews them every
+   ``vacancy / 3`` seconds (`REFRESH`): subscribing to (or recovering) random names leaves
+   nothing behind for long, and a subscriber's epoch lives as long as it does.
    Within a live stream, entries older than ``ttl`` are refused at read time by their
    ``time`` field (stream IDs are offsets, not times, so ``XADD MINID`` cannot do it).
 4. ``PUBLISH`` the payload ``<epoch> <offset> <version> <type> <data>`` (``data`` is the
@@ -112,8 +116,6 @@ if not epoch or redis.call('EXISTS', KEYS[1]) == 0 then
   redis.call('SET', KEYS[1], 0)
   redis.call('DEL', KEYS[3])
 end
-redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[2])
 """
 
 # KEYS[4]: the idempotency key's name; ARGV[9]: '1' if the publish has a key.
@@ -133,6 +135,8 @@ PUBLISH: Final = (
 -- ARGV[3]: pub/sub channel, ARGV[4]: type, ARGV[5]: data, ARGV[6]: history, ARGV[7]: ttl (ms)
 -- ARGV[8]: version ('-' for none; a trailing '!' asks subscribers to recheck)
 local offset = redis.call('INCR', KEYS[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[2])
 if tonumber(ARGV[6]) > 0 then
   local now = redis.call('TIME')
   local time = now[1] .. string.format('%06d', tonumber(now[2]))
@@ -156,7 +160,14 @@ HISTORY: Final = (
     _ENSURE
     + """
 -- ARGV[3]: since ('' for none), ARGV[4]: '=' .. epoch ('' for none), ARGV[5]: ttl (ms)
+-- ARGV[6]: how long (ms) to keep the position of a channel that never had an event
 local offset = tonumber(redis.call('GET', KEYS[1]))
+local keep = ARGV[2]
+if offset == 0 then
+  keep = ARGV[6]
+end
+redis.call('PEXPIRE', KEYS[1], keep)
+redis.call('PEXPIRE', KEYS[2], keep)
 if ARGV[3] == '' then
   return {epoch, offset}
 end
@@ -181,6 +192,15 @@ return {epoch, offset, 1, entries}
 )
 """The channel's ``{epoch, offset}``, plus ``recovered`` and the entries after ``since``."""
 
+REFRESH: Final = """
+-- KEYS: offset, epoch. ARGV[1]: how long (ms) to keep a channel that never had an event.
+if redis.call('GET', KEYS[1]) == '0' then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  redis.call('PEXPIRE', KEYS[2], ARGV[1])
+end
+"""
+"""Keep the position of a subscribed channel that never had an event (and only those)."""
+
 
 @dataclass(eq=False, slots=True)
 class _Channel:
@@ -199,7 +219,8 @@ class RedisBroker:
     ``url`` is a ``redis://`` or ``rediss://`` URL (``redis://host:6379/0``). Each channel
     keeps its last ``history`` events, none older than ``ttl`` seconds, for clients that
     reconnect with ``since``; its position (epoch and offset) is kept ``retention`` seconds
-    after its last use (default: one day, or ``ttl`` if longer). Keys start with
+    after its last use (default: one day, or ``ttl`` if longer), or ``vacancy`` seconds if
+    it never had an event (default 300, renewed while subscribed). Keys start with
     ``prefix``, so several applications can share one Redis. Every Redis operation gives
     up after ``timeout`` seconds; the pub/sub connection is pinged after ``keepalive``
     seconds of silence and reconnected after a failure, waiting between attempts from
@@ -215,6 +236,7 @@ class RedisBroker:
     TTL = 3600.0
     RETENTION = 86400.0
     WINDOW = 86400.0
+    VACANCY = 300.0
     TIMEOUT = 5.0
     KEEPALIVE = 30.0
     BACKOFF = (0.1, 5.0)
@@ -233,6 +255,7 @@ class RedisBroker:
         keepalive: float = KEEPALIVE,
         backoff: tuple[float, float] = BACKOFF,
         window: float | None = None,
+        vacancy: float = VACANCY,
     ) -> None:
         if history < 0:
             raise ValueError(f"history must be >= 0 events, got {history}")
@@ -250,6 +273,9 @@ class RedisBroker:
                 "must not outlive the channel's epoch"
             )
         self.window = window
+        if not 0 < vacancy <= retention:
+            raise ValueError(f"vacancy must be > 0 and <= retention ({retention} s), got {vacancy}")
+        self.vacancy = vacancy
         if not prefix or any(char in prefix for char in "{} "):
             raise ValueError(f"prefix must be non-empty, without braces or spaces; got {prefix!r}")
         if timeout <= 0 or keepalive <= 0:
@@ -282,6 +308,7 @@ class RedisBroker:
         )
         self._publish = self._redis.register_script(PUBLISH)
         self._history = self._redis.register_script(HISTORY)
+        self._refresh = self._redis.register_script(REFRESH)
         self._channels: dict[str, _Channel] = {}
         self._keys: dict[bytes, _Channel] = {}
         self._pubsub: PubSub | None = None  # the pub/sub connection, while it works
@@ -472,6 +499,7 @@ class RedisBroker:
             "" if since is None else since,
             "" if epoch is None else "=" + epoch,
             self._ms(self.ttl),
+            self._ms(self.vacancy),
         ]
 
     @staticmethod
@@ -617,9 +645,16 @@ class RedisBroker:
         heard = loop.time()
         pinged: float | None = None
         batch: list[_Channel] = []  # confirmed, to be caught up before anything else
+        refreshed = heard
         while True:
             if self._pubsub is not pubsub:
                 raise ConnectionError("a command on the pub/sub connection failed")
+            if loop.time() - refreshed > self.vacancy / 3:
+                refreshed = loop.time()
+                try:
+                    await self._keep_vacant()
+                except Exception as exc:  # the command connection: the next round retries
+                    log.warning("could not keep vacant channels at %s: %s", self.where, exc)
             message = await pubsub.get_message(timeout=0 if batch else self.POLL)
             now = loop.time()
             if message is None:
@@ -720,6 +755,22 @@ class RedisBroker:
             state.current = True
             if not state.live.done():
                 state.live.set_result(None)
+
+    async def _keep_vacant(self) -> None:
+        """Keep the positions of the subscribed channels that never had an event (they
+        expire ``vacancy`` after their last use), so that their subscribers' epoch lives."""
+        vacant = [
+            state.name
+            for state in self._channels.values()
+            if state.position is not None and state.position.offset == 0
+        ]
+        for start in range(0, len(vacant), self.BATCH):
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for name in vacant[start : start + self.BATCH]:
+                    await self._refresh(
+                        keys=self._names(name)[:2], args=[self._ms(self.vacancy)], client=pipe
+                    )
+                await pipe.execute()
 
     def _deliver(self, state: _Channel, events: Iterable[Event]) -> None:
         for event in events:
