@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar, overload
 
 import tornado.web
 import tornado.websocket
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from . import protocol
+from . import metrics, protocol
 from .hub import Hub, Snapshot
 from .protocol import Id, Message, Position, ProtocolError, Refused, Subscribe
 from .transports import EventStream, WebSocket, cross_origin, headers_written
@@ -203,6 +204,7 @@ class LiveMixin(_Base):
         ):
             await self._live_stream()
         else:
+            metrics.socket(self)
             await super().get(*args, **kwargs)
 
     async def post(self, *args: Any, **kwargs: Any) -> None:
@@ -235,6 +237,7 @@ class LiveMixin(_Base):
                 )
             answer = await self._live_answer(frame) or protocol.reply(None, id=frame.id)
         except Refused as exc:
+            metrics.refused(exc.code)
             self._live_respond(exc.frame(), _STATUS.get(exc.code, 400))
             return
         self._live_respond(answer, 200)
@@ -243,6 +246,7 @@ class LiveMixin(_Base):
         """Tornado calls this for each client frame, one at a time, in order."""
         transport = self._live_socket()
         if isinstance(message, bytes):
+            metrics.refused("binary_frame")
             transport.send(
                 protocol.error("binary_frame", "expected JSON in a text frame; got a binary frame")
             )
@@ -263,6 +267,7 @@ class LiveMixin(_Base):
                 await self.hub.unsubscribe(transport, frame.channel)
                 transport.send(protocol.unsubscribed(frame.channel, id=frame.id))
         except Refused as exc:
+            metrics.refused(exc.code)
             transport.send(exc.frame())
 
     def on_connection_close(self) -> None:
@@ -325,6 +330,7 @@ class LiveMixin(_Base):
         except Refused as exc:
             self._live = None
             if not headers_written(self):
+                metrics.refused(exc.code)
                 self._live_respond(exc.frame(), _STATUS.get(exc.code, 400))
             return
         if stream.gone():
@@ -488,6 +494,19 @@ def static_route(
     )
 
 
+class MetricsHandler(tornado.web.RequestHandler):
+    """Serves the process's metrics (`tornado_live.metrics`, on prometheus_client's
+    default registry) in the Prometheus text format: ``(r"/metrics", MetricsHandler)``.
+
+    They are process-level data (connection counts, error codes, broker failures): mount
+    it on an internal port, or protect it, rather than beside the public pages.
+    """
+
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(generate_latest(REGISTRY))
+
+
 __all__ = [
     "MAX_CHANNELS",
     "MAX_MESSAGE_SIZE",
@@ -497,6 +516,7 @@ __all__ = [
     "STATIC_PATH",
     "LiveHandler",
     "LiveMixin",
+    "MetricsHandler",
     "message",
     "static_route",
 ]
