@@ -324,17 +324,17 @@ async def test_soak_thousands_of_connections_churn_and_the_gauges_end_at_zero(
 
         counted += sum(await asyncio.gather(*(drain(client) for client in clients)))
 
-        async def leave(i: int, client: Client) -> None:
+        async def leave(i: int, client: Client, channel: str) -> None:
             if i % 3 == 0:
                 reset(client)  # gone without a close handshake
                 await client.close()  # (the client's own bookkeeping; nothing is sent)
             elif i % 3 == 1:
-                await client.unsubscribe(wanted[i][0])
+                await client.unsubscribe(channel)
                 await client.close()
             else:
                 await client.close()
 
-        await asyncio.gather(*(leave(i, client) for i, client in enumerate(clients)))
+        await asyncio.gather(*(leave(i, client, wanted[i][0]) for i, client in enumerate(clients)))
         await wait_until(
             lambda: (
                 not hub.channels and value("tornado_live_connections", transport="websocket") == 0
