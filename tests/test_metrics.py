@@ -348,3 +348,23 @@ async def test_soak_thousands_of_connections_churn_and_the_gauges_end_at_zero(
     assert counted == waves * size * 9
     assert before.delta("tornado_live_events_delivered_total") == counted
     assert before.delta("tornado_live_events_published_total") == waves * 3 * 10
+
+
+@pytest.mark.gen_test(timeout=20)
+async def test_an_event_stream_is_counted_while_it_is_served(
+    http_server: Any, http_port: int, hub: Hub
+) -> None:
+    streams = value("tornado_live_connections", transport="event_stream")
+    reader, writer = await asyncio.open_connection("127.0.0.1", http_port)
+    writer.write(
+        b"GET /live?channel=users HTTP/1.1\r\nHost: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    async with asyncio.timeout(5):
+        while b"retry:" not in await reader.readline():
+            pass
+    await wait_until(lambda: hub.subscribers("users") == 1)
+    assert value("tornado_live_connections", transport="event_stream") == streams + 1
+    writer.close()
+    await writer.wait_closed()
+    await wait_until(lambda: value("tornado_live_connections", transport="event_stream") == streams)
+    assert hub.subscribers("users") == 0

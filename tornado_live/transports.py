@@ -102,7 +102,7 @@ class EventStream:
     with nothing else in the URL.
     """
 
-    __slots__ = ("done", "handler", "hub", "limit")
+    __slots__ = ("__weakref__", "done", "handler", "hub", "limit")  # (weak: metrics count it)
 
     def __init__(self, handler: tornado.web.RequestHandler, hub: Hub, limit: int) -> None:
         self.handler = handler
