@@ -25,7 +25,7 @@ check:  ## quick: lint, type-check, and the tests that need no Redis, MongoDB or
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
 	.venv/bin/mypy
-	.venv/bin/pytest -q -m "not redis and not mongo and not browser" $(ARGS)
+	.venv/bin/pytest -q -m "not redis and not mongo and not browser and not soak" $(ARGS)
 
 clean:
 	rm -rf .venv .venv-mongo .tmp site .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*

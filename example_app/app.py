@@ -15,6 +15,7 @@ import tornado.websocket
 from tornado_live import (
     Hub,
     LiveMixin,
+    MetricsHandler,
     Refused,
     StaleError,
     message,
@@ -234,6 +235,7 @@ def make_app(
             (r"/board/session", SessionHandler, {"tasks": tasks, "hub": hub}),
             (r"/board/tasks", TasksHandler, {"tasks": tasks}),
             (r"/board/tasks/([^/]+)", TaskHandler, {"tasks": tasks}),
+            (r"/metrics", MetricsHandler),  # a real site serves it on an internal port
         ],
         template_path=str(HERE / "templates"),
         cross_origin_protection=True,  # refuse cross-site POST/PATCH/DELETE (Tornado 6.6)

@@ -11,6 +11,7 @@ The flow of one event::
 * `tornado_live.hub`: one per process; channel -> local connections.
 * `tornado_live.transports`: the bytes of a WebSocket and of an event stream.
 * `tornado_live.handler`: `LiveMixin` for your ``WebSocketHandler``: routing, policy, settings.
+* `tornado_live.metrics`: Prometheus metrics, served by `MetricsHandler`.
 * `tornado_live.models`: `Document`: documents whose every write is announced.
 * `tornado_live.client`: a Python client; `tornado_live.testing`: test helpers.
 """
@@ -18,7 +19,7 @@ The flow of one event::
 from .brokers import Broker, History, PublishError
 from .brokers.memory import MemoryBroker
 from .client import Client, ClientError, Closed
-from .handler import Grant, LiveHandler, LiveMixin, message, static_route
+from .handler import Grant, LiveHandler, LiveMixin, MetricsHandler, message, static_route
 from .hub import Hub, Snapshot
 from .models import Document, StaleError, UnboundError
 from .protocol import Event, LiveError, Position, ProtocolError, Refused
@@ -37,6 +38,7 @@ __all__ = [
     "LiveHandler",
     "LiveMixin",
     "MemoryBroker",
+    "MetricsHandler",
     "Position",
     "ProtocolError",
     "PublishError",

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar, overload
 
 import tornado.web
 import tornado.websocket
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from . import limits, protocol
+from . import limits, metrics, protocol
 from .hub import Hub, Snapshot
 from .protocol import Auth, Id, Message, Position, ProtocolError, Refused, Subscribe
 from .transports import EventStream, WebSocket, cross_origin, headers_written
@@ -257,6 +258,7 @@ class LiveMixin(_Base):
                     self._live_timer = asyncio.get_running_loop().call_later(
                         float(timeout), self._live_idle, float(timeout), 0
                     )
+                metrics.socket(self)
                 await self._live_websocket(*args, **kwargs)
         finally:
             slots.free()
@@ -293,6 +295,7 @@ class LiveMixin(_Base):
                 )
             answer = await self._live_answer(frame) or protocol.reply(None, id=frame.id)
         except Refused as exc:
+            metrics.refused(exc.code)
             self._live_respond(exc.frame(), _STATUS.get(exc.code, 400))
             return
         self._live_respond(answer, 200)
@@ -303,6 +306,7 @@ class LiveMixin(_Base):
         if not self._live_admit(transport, message):
             return
         if isinstance(message, bytes):
+            metrics.refused("binary_frame")
             transport.send(
                 protocol.error("binary_frame", "expected JSON in a text frame; got a binary frame")
             )
@@ -328,6 +332,7 @@ class LiveMixin(_Base):
                 await self.hub.unsubscribe(transport, frame.channel)
                 transport.send(protocol.unsubscribed(frame.channel, id=frame.id))
         except Refused as exc:
+            metrics.refused(exc.code)
             transport.send(exc.frame())
 
     def on_connection_close(self) -> None:
@@ -356,12 +361,13 @@ class LiveMixin(_Base):
         if bucket.take():
             return True
         if bucket.abusive():
-            limits.hit("rate_closed")
             if self.ws_connection is not None and not self.ws_connection.is_closing():
+                limits.hit("rate_closed")  # once: frames already in flight are dropped
                 log.warning("closing %s: it kept sending over its rate limit", self)
                 self.close(1008, f"rate limit: over {bucket.burst} frames refused in a row")
             return False
         limits.hit("rate_limited")
+        metrics.refused("rate_limited")
         transport.send(
             protocol.error(
                 "rate_limited",
@@ -457,6 +463,7 @@ class LiveMixin(_Base):
             self._live = None
             self._live_expire_at(None)
             if not headers_written(self):
+                metrics.refused(exc.code)
                 self._live_respond(exc.frame(), _STATUS.get(exc.code, 400))
             return
         if stream.gone():
@@ -700,6 +707,19 @@ def static_route(
     )
 
 
+class MetricsHandler(tornado.web.RequestHandler):
+    """Serves the process's metrics (`tornado_live.metrics`, on prometheus_client's
+    default registry) in the Prometheus text format: ``(r"/metrics", MetricsHandler)``.
+
+    They are process-level data (connection counts, error codes, broker failures): mount
+    it on an internal port, or protect it, rather than beside the public pages.
+    """
+
+    def get(self) -> None:
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(generate_latest(REGISTRY))
+
+
 __all__ = [
     "MAX_CHANNELS",
     "MAX_MESSAGE_SIZE",
@@ -710,6 +730,7 @@ __all__ = [
     "Grant",
     "LiveHandler",
     "LiveMixin",
+    "MetricsHandler",
     "message",
     "static_route",
 ]

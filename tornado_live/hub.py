@@ -19,12 +19,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from . import protocol
+from . import metrics, protocol
 from .brokers import Broker, History
 from .brokers.memory import MemoryBroker
 from .protocol import Event, Id, Position
@@ -114,6 +115,7 @@ class Hub:
         self._users: dict[str, set[Disconnectable]] = {}  # user -> local connections
         self._user: dict[Connection, str] = {}  # connection -> its user
         self._control: asyncio.Future[None] | None = None  # listening to control messages
+        metrics.watch(self)
 
     # -- publishing ---------------------------------------------------------------------
 
@@ -150,9 +152,12 @@ class Hub:
             raise TypeError(f"version must be an integer; got {version!r}")
         if key is not None:
             protocol.check_key(key)
-        return await self.broker.publish(
+        start = time.perf_counter()
+        event = await self.broker.publish(
             channel, type, protocol.encode_data(data), version=version, key=key, recheck=recheck
         )
+        metrics.published(start)
+        return event
 
     # -- subscriptions ------------------------------------------------------------------
 
@@ -223,8 +228,11 @@ class Hub:
             return history  # unsubscribed or gone while we waited
         for event in history.events:
             connection.send(event.frame, event.position)
+            metrics.delivered(1, len(event.frame))
         position = history.position
         recovered = None if since is None else history.recovered
+        if recovered is not None:
+            metrics.recovery(recovered)
         frame = protocol.subscribed(
             channel,
             position,
@@ -370,6 +378,7 @@ class Hub:
     ) -> None:
         frame, position = event.frame, event.position
         offset, epoch = position.offset, position.epoch
+        handed = 0
         for connection, member in members:
             held = member.held
             if held is not None:
@@ -384,10 +393,13 @@ class Hub:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
                 continue
+            handed += 1
             try:
                 connection.send(frame, position)
             except Exception:
                 log.exception("connection %r failed to take an event", connection)
+        if handed:
+            metrics.delivered(handed, len(frame))
 
     async def _recheck(self, connection: Connection, member: _Member, event: Event) -> None:
         """Ask a member's policy again; deliver what waited for it, or revoke."""
@@ -404,6 +416,7 @@ class Hub:
         if not allowed:
             if self._remove(connection, channel):
                 await self._release(channel)
+            metrics.refused("revoked")
             connection.send(
                 protocol.error(
                     "revoked",

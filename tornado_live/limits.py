@@ -11,6 +11,8 @@ import time
 import weakref
 from typing import Final
 
+from . import metrics
+
 #: Frames per second refilled into a connection's bucket (setting ``live_rate_limit``).
 RATE_LIMIT: Final = 50.0
 #: Frames a connection may send at once: the bucket's size (setting ``live_rate_burst``).
@@ -27,7 +29,8 @@ def hit(limit: str) -> None:
     """Called once every time a limit is reached: ``"rate_limited"`` (a frame refused),
     ``"rate_closed"`` (a connection closed for persistent abuse), ``"connection_refused"``
     (a handshake or event stream answered 503) and ``"idle_closed"`` (a connection closed
-    for holding no subscription). Metrics count these here; it does nothing else."""
+    for holding no subscription). Counted by ``tornado_live_limits_total{limit=...}``."""
+    metrics.limit(limit)
 
 
 class Bucket:

@@ -39,7 +39,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Protocol, Self, cast
 
-from . import protocol
+from . import metrics, protocol
 from .brokers import PublishError
 from .hub import Hub, Snapshot
 from .protocol import LiveError
@@ -922,6 +922,7 @@ class Document:
                     channel, type, data, version=version, key=key, recheck=recheck
                 )
         except PublishError as exc:
+            metrics.PENDING.inc()
             log.warning("%s %s v%s: announcement pending (%s)", name, document.id, version, exc)
             return False
         # Done: the announcement went out. Conditional on the version, so that a newer

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Final
 from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
 from tornado.websocket import WebSocketClosedError
 
-from . import protocol
+from . import metrics, protocol
 from .hub import Hub
 from .protocol import Position
 
@@ -75,6 +75,7 @@ class WebSocket:
                 connection.write_message(frame)
         except StreamBufferFullError:
             log.warning("closing %s: more than %d bytes unread", self.handler, self.limit)
+            metrics.SLOW.inc()
             self.hub.leave(self)  # at once: the close handshake may take a while
             self.handler.close(1013, "too slow: reconnect and recover with since")
         except (StreamClosedError, WebSocketClosedError):
@@ -108,7 +109,7 @@ class EventStream:
     with nothing else in the URL.
     """
 
-    __slots__ = ("done", "handler", "hub", "limit")
+    __slots__ = ("__weakref__", "done", "handler", "hub", "limit")  # (weak: metrics count it)
 
     def __init__(self, handler: tornado.web.RequestHandler, hub: Hub, limit: int) -> None:
         self.handler = handler
@@ -134,6 +135,7 @@ class EventStream:
             self.handler.flush()
         except StreamBufferFullError:
             log.warning("closing %s: more than %d bytes unread", self.handler, self.limit)
+            metrics.SLOW.inc()
             self.closed()
             stream.close()
         except StreamClosedError:
@@ -164,6 +166,7 @@ class EventStream:
         reconnect after 1-3 s, each at another moment, not all at once after a restart),
         then a ``: ping`` comment every ``ping_interval`` seconds, which keeps proxies from
         closing it as idle."""
+        metrics.stream(self)
         self.write(b"retry: %d\n\n" % random.randint(1000, 3000))
         try:
             while not self.done.is_set():
@@ -185,6 +188,7 @@ def _fit(stream: IOStream, limit: int, frame: bytes, framing: int) -> bytes:
     if len(frame) + framing <= stream.max_write_buffer_size:
         return frame
     log.error("a %d-byte frame exceeds live_max_pending; not sent", len(frame))
+    metrics.refused("too_big")
     return protocol.error(
         "too_big",
         f"a {len(frame)}-byte frame was not sent: it exceeds the server's "

@@ -101,6 +101,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from .. import metrics
 from ..protocol import Event, Position, check_channel, check_key, check_type
 from . import Deliver, Gap, History, Listener, PublishError
 
@@ -360,6 +361,7 @@ class RedisBroker:
                 ],
             )
         except Exception as exc:
+            _ERRORS.inc()
             timed_out = isinstance(exc, RedisTimeoutError)
             if timed_out:
                 fate = (
@@ -428,6 +430,7 @@ class RedisBroker:
                 keys=self._names(channel), args=self._history_args(since, epoch)
             )
         except Exception as exc:
+            _ERRORS.inc()
             raise self._unreachable(f"could not read the history of {channel!r}", exc) from exc
         return self._answer(channel, reply)
 
@@ -573,6 +576,7 @@ class RedisBroker:
             try:
                 await self._connect(pubsub)
                 if failures:
+                    metrics.BROKER_RECONNECTS.inc()
                     log.warning(
                         "Redis pub/sub at %s is back: %d channel(s) resubscribed",
                         self.where,
@@ -581,6 +585,7 @@ class RedisBroker:
                 failures = 0
                 await self._read(pubsub)
             except Exception as exc:
+                _ERRORS.inc()
                 self._down(pubsub, exc)
                 failure: Exception = exc
             except BaseException as exc:
@@ -795,6 +800,9 @@ class RedisBroker:
                 gap(state.name, position)
             except Exception:
                 log.exception("a gap callback of %r failed", state.name)
+
+
+_ERRORS = metrics.BROKER_ERRORS.labels(broker="redis")
 
 
 def _version_token(version: int | None, recheck: bool) -> str:
