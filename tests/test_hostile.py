@@ -12,7 +12,6 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -468,7 +467,7 @@ async def test_eviction_forgets_the_least_recently_used_idle_channel_in_constant
 
 
 @pytest.fixture
-def hashing(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+def hashing(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """The real hash, made to wait until the test's other request was answered."""
     seen: dict[str, Any] = {"answered": threading.Event(), "threads": []}
     real = users_module.hash_password
