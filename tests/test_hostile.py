@@ -24,7 +24,7 @@ from example_app import users as users_module
 from example_app.app import make_app
 from example_app.tasks import Task
 from example_app.users import User
-from tornado_live import ClientError, Hub, LiveMixin, message
+from tornado_live import ClientError, Hub, LiveMixin, message, protocol
 from tornado_live.brokers.memory import MemoryBroker
 from tornado_live.hub import Connection
 
@@ -511,3 +511,13 @@ async def sign_up_while_hashing(http_client: Any, app_base: str, hashing: dict[s
     assert created.code == 201
     assert hashing["waited"] is True
     assert hashing["threads"][0] != threading.get_ident()
+
+
+def test_an_error_frame_always_encodes() -> None:
+    frame = protocol.error("refused_here", "a message with a lone \ud800 in it", id=3)
+    assert json.loads(frame) == {
+        "type": "error",
+        "code": "refused_here",
+        "message": "a message with a lone \ud800 in it",
+        "id": 3,
+    }

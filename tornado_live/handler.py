@@ -294,10 +294,10 @@ class LiveMixin(_Base):
         if status_code >= 500:
             frame = _INTERNAL_ERROR
         else:
-            code = {403: "forbidden", 413: "too_big"}.get(status_code, "invalid_request")
+            code = {403: "forbidden", 413: "too_big"}.get(status_code)
             reason = http.client.responses.get(status_code, "Bad Request")
             text = str(exc) if isinstance(exc, tornado.web.HTTPError) else reason
-            frame = protocol.error(code, text)
+            frame = protocol.error(code, text) if code else protocol.error("invalid_request", text)
         self.set_header("Content-Type", "application/json; charset=utf-8")
         self.finish(frame)
 
