@@ -31,7 +31,7 @@ from .board import (
     signed_in,
 )
 from .tasks import Task
-from .users import User, hash_password
+from .users import User, hashed
 from .web import JsonHandler
 
 HERE = Path(__file__).parent
@@ -94,7 +94,7 @@ class UsersHandler(UserResource):
     async def post(self) -> None:
         fields = self.fields(required=True)
         user = self.users(name=fields["name"], email=fields["email"])
-        user.set_password(fields["password"])
+        await user.set_password(fields["password"])
         await self.announced(user.save())  # broadcasts created_user to users, users/<id>
         self.set_status(201)
         self.set_header("Location", f"/users/{user.id}")
@@ -110,7 +110,7 @@ class UserHandler(UserResource):
         fields = self.fields(required=False)
         user = await self.user(id)
         if "password" in fields:
-            fields["password_hash"] = hash_password(fields.pop("password"))
+            fields["password_hash"] = await hashed(fields.pop("password"))
         await self.announced(user.patch(fields))  # only these fields; broadcasts updated_user
         self.write_json(user.public())
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import secrets
@@ -13,8 +14,8 @@ from tornado_live import Document
 class User(Document, name="user", public=("name", "email"), index=("email",)):
     """A user. Only ``id``, ``name`` and ``email`` ever leave the server."""
 
-    def set_password(self, password: str) -> None:
-        self["password_hash"] = hash_password(password)
+    async def set_password(self, password: str) -> None:
+        self["password_hash"] = await hashed(password)
         # --8<-- [end:model]
 
 
@@ -27,6 +28,12 @@ def hash_password(password: str) -> str:
     salt = secrets.token_bytes(16)
     digest = hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P)
     return f"scrypt${salt.hex()}${digest.hex()}"
+
+
+async def hashed(password: str) -> str:
+    """`hash_password` in a thread: a hash takes milliseconds of CPU, which the event loop
+    (every other client) must not wait for."""
+    return await asyncio.to_thread(hash_password, password)
     # --8<-- [end:hash]
 
 

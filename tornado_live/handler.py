@@ -10,6 +10,7 @@ clients without WebSockets, on the same URL.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import inspect
 import logging
 import random
@@ -23,11 +24,19 @@ from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeVar, overload
 import tornado.web
 import tornado.websocket
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from tornado.http1connection import HTTP1Connection
 
 from . import limits, metrics, protocol
 from .hub import Hub, Snapshot
 from .protocol import Auth, Id, Message, Position, ProtocolError, Refused, Subscribe
-from .transports import EventStream, WebSocket, cross_origin, headers_written
+from .transports import (
+    EventStream,
+    WebSocket,
+    cross_origin,
+    headers_written,
+    masked_only,
+    streamed,
+)
 
 if TYPE_CHECKING:
     _Base = tornado.websocket.WebSocketHandler
@@ -95,6 +104,7 @@ def message(target: Any, /) -> Any:
     return declare(target, getattr(target, "__name__", ""))
 
 
+@streamed  # POST bodies arrive through data_received, bounded before they are read
 class LiveMixin(_Base):
     """Adds the tornado_live protocol to a `tornado.websocket.WebSocketHandler`.
 
@@ -127,6 +137,8 @@ class LiveMixin(_Base):
     _live_bucket: limits.Bucket | None = None  # this WebSocket's rate limit
     _live_joins = 0  # subscribes answered, for the idle check
     _live_timer: asyncio.TimerHandle | None = None  # the next idle check
+    _live_body: bytearray | None = None  # a POST body, as it arrives (up to the limit)
+    _live_refused: bool = False  # the POST body passed the limit and was answered 413
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -269,15 +281,10 @@ class LiveMixin(_Base):
         """An application message over HTTP: ``{"type": ..., "id": ..., "data": ...}`` in,
         the ``reply`` (200) or ``error`` frame (4xx/5xx) out, as JSON. Cross-origin
         requests are refused as the WebSocket handshake is."""
+        self.request.body = bytes(self._live_body or b"")
         try:
             if cross_origin(self) is not None:
                 raise ProtocolError("forbidden", "cross-origin messages are not allowed")
-            length = len(self.request.body)
-            if length > self.max_message_size:
-                raise ProtocolError(
-                    "too_big",
-                    f"a message may be at most {self.max_message_size} bytes; got {length}",
-                )
             kind = self.request.headers.get("Content-Type", "").partition(";")[0].strip()
             if kind.lower() != "application/json":
                 raise ProtocolError(
@@ -298,7 +305,67 @@ class LiveMixin(_Base):
             metrics.refused(exc.code)
             self._live_respond(exc.frame(), _STATUS.get(exc.code, 400))
             return
+        except Exception:  # the last resort: a JSON error frame, never an HTML page
+            log.exception("an HTTP message failed")
+            if not headers_written(self):
+                self._live_respond(_INTERNAL_ERROR, 500)
+            return
         self._live_respond(answer, 200)
+
+    def prepare(self) -> None:
+        """Tornado calls this before a request's body is read: a ``POST`` whose
+        ``Content-Length`` is over ``live_max_message_size`` is answered 413 (``too_big``)
+        at once, its body never read. Call ``super().prepare()`` if you override it."""
+        if self.request.method != "POST":
+            return
+        limit = self.max_message_size
+        length = self.request.headers.get("Content-Length", "")
+        declared = int(length) if length.isascii() and length.isdigit() else 0
+        connection = self.request.connection
+        if isinstance(connection, HTTP1Connection):
+            # Tornado's own cap answers a bare 400 (no JSON), and checks a chunk's announced
+            # size before reading any of it: cap at what was declared, and leave chunked
+            # bodies to data_received, which cuts them at the limit.
+            connection.set_max_body_size(max(declared, limit) if length else 2**62)
+        if declared > limit:
+            self._live_too_big(f"got a Content-Length of {declared}")
+
+    def data_received(self, chunk: bytes) -> None:
+        """Tornado calls this with each piece of a ``POST`` body: kept up to
+        ``live_max_message_size`` bytes; past that the request is answered 413
+        (``too_big``) and the connection closed, the rest unread."""
+        if self._live_refused:
+            return
+        body = self._live_body = self._live_body or bytearray()
+        if len(body) + len(chunk) > self.max_message_size:
+            self._live_body = None
+            self._live_too_big(f"got at least {len(body) + len(chunk)}")
+            return
+        body += chunk
+
+    def _live_too_big(self, got: str) -> None:
+        self._live_refused = True
+        message = f"a message may be at most {self.max_message_size} bytes; {got}"
+        self._live_respond(protocol.error("too_big", message), 413)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        """Tornado's own error answers on this URL (a bad query string, a method it does not
+        serve, ...) as an ``error`` frame in JSON, like every other answer here."""
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        if status_code >= 500:
+            frame = _INTERNAL_ERROR
+        else:
+            code = {403: "forbidden", 413: "too_big"}.get(status_code)
+            reason = http.client.responses.get(status_code, "Bad Request")
+            text = str(exc) if isinstance(exc, tornado.web.HTTPError) else reason
+            frame = protocol.error(code, text) if code else protocol.error("invalid_request", text)
+        self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(frame)
+
+    def get_websocket_protocol(self) -> tornado.websocket.WebSocketProtocol | None:
+        """Tornado's WebSocket protocol, refusing unmasked client frames (close code 1002)
+        as RFC 6455 requires."""
+        return masked_only(super().get_websocket_protocol())
 
     async def on_message(self, message: str | bytes) -> None:
         """Tornado calls this for each client frame, one at a time, in order."""
@@ -311,8 +378,10 @@ class LiveMixin(_Base):
                 protocol.error("binary_frame", "expected JSON in a text frame; got a binary frame")
             )
             return
+        id: Id = None
         try:
             frame = protocol.parse(message)
+            id = frame.id
             if isinstance(frame, Subscribe):
                 await self._live_authorize(frame.channel, frame.id)
                 if self.ws_connection is not None:
@@ -334,6 +403,10 @@ class LiveMixin(_Base):
         except Refused as exc:
             metrics.refused(exc.code)
             transport.send(exc.frame())
+        except Exception:  # the last resort: the socket stays, the client is told
+            log.exception("a client frame failed")
+            metrics.refused("internal_error")
+            transport.send(protocol.error("internal_error", _INTERNAL, id=id))
 
     def on_connection_close(self) -> None:
         """Tornado calls this when the client goes away: its subscriptions end at once."""
@@ -341,6 +414,8 @@ class LiveMixin(_Base):
             self._live.closed()
         self._live_expire_at(None)
         super().on_connection_close()
+        # WebSocketHandler's does not call RequestHandler's, which ends a streamed body.
+        tornado.web.RequestHandler.on_connection_close(self)
 
     # -- internals (all named _live_*, out of the way of your own names) --------------------
 
@@ -465,6 +540,16 @@ class LiveMixin(_Base):
             if not headers_written(self):
                 metrics.refused(exc.code)
                 self._live_respond(exc.frame(), _STATUS.get(exc.code, 400))
+            return
+        except tornado.web.HTTPError:
+            raise  # a query string Tornado could not read: write_error answers it
+        except Exception:  # the last resort: a JSON error frame, never an HTML page
+            log.exception("an event stream failed")
+            if self._live is not None:
+                self._live.closed()
+            self._live = None
+            if not headers_written(self):
+                self._live_respond(_INTERNAL_ERROR, 500)
             return
         if stream.gone():
             stream.closed()
@@ -671,6 +756,9 @@ async def _resolved(value: R | Awaitable[R]) -> R:
         return await value
     return value
 
+
+_INTERNAL: Final = "the server failed handling this; the error was logged there"
+_INTERNAL_ERROR: Final = protocol.error("internal_error", _INTERNAL)
 
 #: HTTP status of an ``error`` frame answered over HTTP (400 for the other codes).
 _STATUS: Final = {

@@ -41,6 +41,9 @@ TOKEN_MAX: Final = 8192
 #: (`Hub.disconnect`, 4003). An event stream is ended instead.
 EXPIRED: Final = 4001
 DISCONNECTED: Final = 4003
+#: How deeply a client frame's arrays and objects may nest (deeper: ``invalid_json``), so
+#: that whatever was parsed can be handled and encoded again without deep recursion.
+DEPTH_MAX: Final = 64
 
 Id = str | int | None
 
@@ -104,7 +107,12 @@ class Position:
         Raises `ProtocolError` (``invalid_since``) unless the offset is ASCII digits.
         """
         epoch, _, offset = text.rpartition(":")
-        if not (offset.isascii() and offset.isdigit()) or len(offset) > 18 or len(epoch) > _ID_MAX:
+        if (
+            not (offset.isascii() and offset.isdigit())
+            or len(offset) > 18
+            or len(epoch) > _ID_MAX
+            or not _encodable(epoch)
+        ):
             raise ProtocolError(
                 "invalid_since",
                 f"a position is an offset or <epoch>:<offset>, the offset in digits; "
@@ -200,6 +208,39 @@ def _dumps(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
 
 
+def _encodable(text: str) -> bool:
+    """False for a string that cannot be sent back as UTF-8 (a lone surrogate such as the
+    JSON escape ``"\\ud800"``): echoing it would make the answer unencodable."""
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _too_deep(value: Any) -> bool:
+    """True if ``value`` nests arrays and objects deeper than `DEPTH_MAX` (no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth > DEPTH_MAX:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _describe(value: Any) -> str:
     """How a wrong value is named in an error message: its JSON type and a short repr."""
     names = {bool: "a boolean", int: "a number", float: "a number", str: "a string"}
@@ -278,11 +319,19 @@ def encode_data(data: Any) -> bytes:
 def parse(text: str | bytes) -> Frame:
     """Parse one client frame. Raises `ProtocolError` on any fault."""
     try:
-        value = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
+        value = json.loads(text, parse_constant=_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ProtocolError(
             "invalid_json", f"expected a JSON object in a text frame; could not parse it: {exc}"
         ) from None
+    if isinstance(text, bytes):
+        opened = text.count(b"[") + text.count(b"{")
+    else:
+        opened = text.count("[") + text.count("{")
+    if opened > DEPTH_MAX and _too_deep(value):
+        raise ProtocolError(
+            "invalid_json", f"arrays and objects may nest at most {DEPTH_MAX} levels deep"
+        )
     if not isinstance(value, dict):
         raise ProtocolError(
             "invalid_frame",
@@ -290,12 +339,13 @@ def parse(text: str | bytes) -> Frame:
         )
     id = value.get("id")
     if id is not None and not (
-        (isinstance(id, str) and len(id) <= _ID_MAX)
+        (isinstance(id, str) and len(id) <= _ID_MAX and _encodable(id))
         or (isinstance(id, int) and not isinstance(id, bool))
     ):
         raise ProtocolError(
             "invalid_id",
-            f'"id" must be a string of at most {_ID_MAX} characters or an integer; '
+            f'"id" must be a string of at most {_ID_MAX} characters (valid Unicode) or an '
+            f"integer; "
             f"got {_describe(id)}",
         )
     if "type" not in value:
@@ -323,7 +373,9 @@ def parse(text: str | bytes) -> Frame:
                 channel=channel,
             )
         epoch = value.get("epoch")
-        if epoch is not None and (not isinstance(epoch, str) or len(epoch) > _ID_MAX):
+        if epoch is not None and (
+            not isinstance(epoch, str) or len(epoch) > _ID_MAX or not _encodable(epoch)
+        ):
             raise ProtocolError(
                 "invalid_epoch",
                 f'"epoch" must be the string a "subscribed" frame gave; got {_describe(epoch)}',
@@ -364,8 +416,15 @@ def _with(frame: dict[str, Any], id: Id, channel: str | None = None) -> dict[str
 
 
 def error(code: str, message: str, *, id: Id = None, channel: str | None = None) -> bytes:
-    """``{"type": "error", "code": ..., "message": ...}`` (with ``id``/``channel`` if given)."""
-    return encode(_with({"type": "error", "code": code, "message": message}, id, channel))
+    """``{"type": "error", "code": ..., "message": ...}`` (with ``id``/``channel`` if given).
+
+    Never fails on text: a lone surrogate in ``message`` is sent as a JSON escape.
+    """
+    frame = _with({"type": "error", "code": code, "message": message}, id, channel)
+    try:
+        return encode(frame)
+    except UnicodeEncodeError:
+        return json.dumps(frame, separators=(",", ":")).encode()
 
 
 def subscribed(

@@ -21,10 +21,10 @@ import logging
 import random
 import struct
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
-from tornado.websocket import WebSocketClosedError
+from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
 
 from . import metrics, protocol
 from .hub import Hub
@@ -284,3 +284,54 @@ def cross_origin(handler: tornado.websocket.WebSocketHandler) -> str | None:
     event streams must follow the same rule as the socket, not a copy of it.
     """
     return handler._check_cross_origin(handler.check_origin)
+
+
+T = TypeVar("T", bound=type)
+
+
+def streamed(cls: T) -> T:
+    """What `tornado.web.stream_request_body` does, for a mixin: the request's body goes
+    to ``data_received`` as it arrives instead of being buffered whole.
+
+    The decorator refuses classes that are not `RequestHandler` subclasses (a mixin is
+    not one), so this sets the private ``RequestHandler._stream_request_body`` that it sets.
+    """
+    cls._stream_request_body = True  # type: ignore[attr-defined]
+    return cls
+
+
+class _MaskedOnly(WebSocketProtocol13):
+    """Tornado 6.6's protocol, closing the connection (1002) on an unmasked client frame.
+
+    RFC 6455 5.1: "a server MUST close the connection upon receiving a frame that is not
+    masked"; Tornado reads them as if they were masked. The check hooks the private
+    ``_receive_frame`` (one frame) and ``_read_bytes`` (its first read is the 2-byte
+    header, whose second byte carries the mask bit); a StreamClosedError raised there
+    ends Tornado's frame loop as a dropped connection does.
+    """
+
+    _header = False
+
+    async def _receive_frame(self) -> None:
+        self._header = True
+        await super()._receive_frame()
+
+    async def _read_bytes(self, n: int) -> bytes:
+        data = await super()._read_bytes(n)
+        if self._header:
+            self._header = False
+            if not data[1] & 0x80:
+                self.close(1002, "client frames must be masked")
+                raise StreamClosedError()
+        return data
+
+
+def masked_only(
+    protocol: tornado.websocket.WebSocketProtocol | None,
+) -> tornado.websocket.WebSocketProtocol | None:
+    """``protocol`` (what ``WebSocketHandler.get_websocket_protocol`` made), refusing
+    unmasked client frames (see `_MaskedOnly`); ``params`` and ``handler`` are its
+    undocumented attributes."""
+    if type(protocol) is not WebSocketProtocol13:
+        return protocol
+    return _MaskedOnly(protocol.handler, protocol.mask_outgoing, protocol.params)

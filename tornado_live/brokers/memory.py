@@ -31,6 +31,9 @@ class MemoryBroker:
     that, the least recently used channel with no subscriber is forgotten, and if it is
     used again it starts a new epoch (clients that knew the old one get
     ``recovered: false``). Memory is therefore bounded by ``channels x history`` events.
+    A channel counts as used when it is published to, subscribed to, asked for its
+    history, or left by its last subscriber; forgetting one costs the same however many
+    channels are held.
 
     Several hubs may share one ``MemoryBroker``: they then behave like processes sharing
     a Redis, which is how the tests exercise cross-process behaviour cheaply.
@@ -66,25 +69,24 @@ class MemoryBroker:
         self.channels = channels
         self._epoch = secrets.token_hex(8)
         self._evictions = 0
-        self._state: OrderedDict[str, _Channel] = OrderedDict()
+        self._state: dict[str, _Channel] = {}
+        # The channels without subscribers, least recently used first: the ones that may
+        # be forgotten, so that forgetting one never walks past those that may not.
+        self._idle: OrderedDict[str, None] = OrderedDict()
         self._listeners: list[Listener] = []
 
     def _channel(self, name: str) -> _Channel:
         state = self._state.get(name)
         if state is None:
-            state = self._state[name] = _Channel(f"{self._epoch}-{self._evictions}")
-            if len(self._state) > self.channels:
-                self._evict()
-        else:
-            self._state.move_to_end(name)
-        return state
-
-    def _evict(self) -> None:
-        for name, state in self._state.items():
-            if not state.subscribers:
-                del self._state[name]
+            if len(self._state) >= self.channels and self._idle:
+                forgotten, _ = self._idle.popitem(last=False)
+                del self._state[forgotten]
                 self._evictions += 1
-                return
+            state = self._state[name] = _Channel(f"{self._epoch}-{self._evictions}")
+            self._idle[name] = None
+        elif name in self._idle:
+            self._idle.move_to_end(name)
+        return state
 
     def _expire(self, state: _Channel) -> None:
         deadline = time.monotonic() - self.ttl
@@ -127,11 +129,15 @@ class MemoryBroker:
 
     async def subscribe(self, channel: str, deliver: Deliver, gap: Gap) -> None:
         self._channel(channel).subscribers[deliver] = gap
+        self._idle.pop(channel, None)
 
     async def unsubscribe(self, channel: str, deliver: Deliver) -> None:
         state = self._state.get(channel)
         if state is not None:
             state.subscribers.pop(deliver, None)
+            if not state.subscribers:
+                self._idle[channel] = None  # the most recently used idle channel
+                self._idle.move_to_end(channel)
 
     def forget(self, channel: str) -> None:
         """Drop ``channel``'s history and start it over in a new epoch (offset 0).
@@ -183,3 +189,4 @@ class MemoryBroker:
     async def close(self) -> None:
         self._state.clear()
         self._listeners.clear()
+        self._idle.clear()

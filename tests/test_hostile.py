@@ -1,0 +1,523 @@
+"""Hostile input over real connections: every bad input answered, nothing else hurt."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+import tornado.web
+from helpers import start_demo
+from tornado.websocket import WebSocketHandler
+
+from example_app import users as users_module
+from example_app.app import make_app
+from example_app.tasks import Task
+from example_app.users import User
+from tornado_live import ClientError, Hub, LiveMixin, message, protocol
+from tornado_live.brokers.memory import MemoryBroker
+from tornado_live.hub import Connection
+
+gen_test = pytest.mark.gen_test
+
+
+class Live(LiveMixin, WebSocketHandler):
+    waiting: ClassVar[asyncio.Event | None] = None
+    deciding: ClassVar[int] = 0
+
+    async def can_subscribe(self, channel: str) -> bool:
+        if channel == "slow" and Live.waiting is not None:
+            Live.deciding += 1
+            await Live.waiting.wait()
+        return True
+
+    def check_origin(self, origin: str) -> bool:
+        if self.request.headers.get("X-Fault"):
+            raise RuntimeError("a bug in a hook")
+        return super().check_origin(origin)
+
+    @message
+    def echo(self, data: Any) -> Any:
+        return data
+
+
+class FaultyHub(Hub):
+    async def unsubscribe(self, connection: Connection, channel: str) -> None:
+        if channel == "boom":
+            raise RuntimeError("a bug below the handler")
+        await super().unsubscribe(connection, channel)
+
+
+class Big(tornado.web.RequestHandler):
+    def get(self) -> None:
+        self.write(b"x" * (1024 * 1024))
+
+
+@pytest.fixture
+def hub() -> Hub:
+    return FaultyHub()
+
+
+@pytest.fixture
+def app(hub: Hub) -> tornado.web.Application:
+    return tornado.web.Application(
+        [(r"/live", Live, {"hub": hub}), (r"/big", Big)], live_max_pending=64 * 1024
+    )
+
+
+async def raw_http(base_url: str, request: bytes) -> tuple[int, bytes]:
+    """Send one raw request; the status and everything the server sent before closing."""
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        data = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    return int(data.split()[1]), data
+
+
+class Collector(asyncio.Protocol):
+    """A raw connection keeping what it receives, even when it ends with a reset."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.lost = asyncio.Event()
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost.set()
+
+
+def body_of(data: bytes) -> Any:
+    return json.loads(data.partition(b"\r\n\r\n")[2])
+
+
+# -- parse: nesting, surrogates, digits --------------------------------------------------------
+
+
+@gen_test
+async def test_deep_nesting_is_invalid_json_and_the_socket_stays(
+    live_connect: Any, http_client: Any, base_url: str
+) -> None:
+    client = await live_connect("/live")
+    deep = '{"type": "echo", "id": 1, "data": ' + "[" * 993 + "]" * 993 + "}"
+    for frame in ["[" * 5000, deep, "[" * 60_000]:
+        await client.send_raw(frame)
+        answer = await client.receive()
+        assert (answer["type"], answer["code"]) == ("error", "invalid_json")
+    assert await client.request("echo", [[["still here"]]]) == [[["still here"]]]
+    response = await http_client.fetch(
+        f"{base_url}/live",
+        method="POST",
+        body="[" * 5000,
+        headers={"Content-Type": "application/json"},
+        raise_error=False,
+    )
+    assert (response.code, json.loads(response.body)["code"]) == (400, "invalid_json")
+
+
+@gen_test
+async def test_lone_surrogates_in_echoed_fields_are_refused(
+    live_connect: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await live_connect("/live")
+    cases = [
+        ('{"type": "echo", "id": "\\ud800"}', "invalid_id"),
+        ('{"type": "subscribe", "channel": "\\ud800"}', "invalid_channel"),
+        ('{"type": "\\ud800"}', "invalid_type"),
+        ('{"type": "subscribe", "channel": "a", "since": 1, "epoch": "\\udc00"}', "invalid_epoch"),
+        ('{"type": "subscribe", "channel": "a", "since": "\\ud800"}', "invalid_since"),
+        ('{"type": "subscribe", "channel": "a", "since": "\\u00b2"}', "invalid_since"),
+    ]
+    for frame, code in cases:
+        await client.send_raw(frame)
+        answer = await client.receive()
+        assert (answer["code"], "id" in answer) == (code, False), frame
+    # data is the application's: its echo cannot be encoded, which is an internal_error.
+    with caplog.at_level(logging.ERROR):
+        await client.send_raw('{"type": "echo", "id": 7, "data": "\\ud800"}')
+        answer = await client.receive()
+    assert (answer["code"], answer["id"]) == ("internal_error", 7)
+    assert [r.name for r in caplog.records if r.levelno >= logging.ERROR] == [
+        "tornado_live.handler"
+    ]
+    assert await client.request("echo", "ok") == "ok"
+
+
+@gen_test
+async def test_offsets_in_other_digits_are_refused_over_an_event_stream(
+    http_server: Any, base_url: str
+) -> None:
+    head = "GET /live?channel=users{} HTTP/1.0\r\nAccept: text/event-stream\r\n{}\r\n"
+    for query, header in [
+        ("&since=%C2%B2", ""),  # ²
+        ("&since=%D9%A1", ""),  # U+0661, ARABIC-INDIC DIGIT ONE
+        ("", "Last-Event-ID: e:\u00b2\r\n"),
+        ("", "Last-Event-ID: e:\u0661\r\n"),
+    ]:
+        status, data = await raw_http(base_url, head.format(query, header).encode())
+        assert (status, body_of(data)["code"]) == (400, "invalid_since"), (query, header)
+    # A query string Tornado cannot decode (a UTF-8 surrogate) is a JSON 400 too.
+    status, data = await raw_http(base_url, head.format("%ED%A0%80", "").encode())
+    assert (status, body_of(data)["code"]) == (400, "invalid_request")
+    assert b"<html>" not in data
+
+
+# -- the last-resort guard ---------------------------------------------------------------------
+
+
+@gen_test(timeout=20)
+async def test_an_unexpected_fault_is_an_internal_error_frame(
+    live_connect: Any, http_client: Any, base_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = await live_connect("/live")
+    with caplog.at_level(logging.ERROR):
+        with pytest.raises(ClientError) as raised:
+            await client.unsubscribe("boom")  # the hub below raises
+        assert raised.value.code == "internal_error"
+        assert await client.request("echo", 1) == 1  # the socket stays
+        response = await http_client.fetch(
+            f"{base_url}/live",
+            method="POST",
+            body='{"type": "echo"}',
+            headers={
+                "Content-Type": "application/json",
+                "X-Fault": "1",
+                "Origin": "https://other.example",
+            },
+            raise_error=False,
+        )
+        assert response.code == 500
+        assert json.loads(response.body)["code"] == "internal_error"
+        request = (
+            "GET /live?channel=users HTTP/1.0\r\nAccept: text/event-stream\r\nX-Fault: 1\r\n"
+            "Origin: https://other.example\r\n\r\n"
+        )
+        status, data = await raw_http(base_url, request.encode())
+        assert (status, body_of(data)["code"]) == (500, "internal_error")
+    logged = [r.getMessage() for r in caplog.records if r.name == "tornado_live.handler"]
+    assert logged == ["a client frame failed", "an HTTP message failed", "an event stream failed"]
+    response = await http_client.fetch(f"{base_url}/live", method="PUT", body="", raise_error=False)
+    assert (response.code, json.loads(response.body)["code"]) == (405, "invalid_request")
+
+
+# -- bounded POST bodies -----------------------------------------------------------------------
+
+
+@gen_test
+async def test_an_oversized_post_is_refused_before_it_is_read(
+    http_server: Any, base_url: str, http_client: Any
+) -> None:
+    head = b"POST /live HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    # Content-Length over the limit: answered at once, the body never sent.
+    status, data = await raw_http(base_url, head + b"Content-Length: 50000000\r\n\r\n")
+    assert (status, body_of(data)["code"]) == (413, "too_big")
+    # A chunked body is cut where it passes the limit: the server answers and closes while
+    # the client has 10 MB more it never had to send.
+    host, port = base_url.removeprefix("http://").split(":")
+    loop = asyncio.get_running_loop()
+    transport, collector = await loop.create_connection(Collector, host, int(port))
+    transport.write(head + b"Transfer-Encoding: chunked\r\n\r\n")
+    piece = b"%x\r\n%s\r\n" % (16 * 1024, b"x" * 16 * 1024)
+    sent = 0
+    while sent < 640 and not collector.data and not transport.is_closing():
+        transport.write(piece)
+        sent += 1
+        await asyncio.sleep(0.001)
+    await asyncio.wait_for(collector.lost.wait(), 5)
+    transport.close()
+    assert int(collector.data.split()[1]) == 413
+    assert body_of(collector.data)["code"] == "too_big"
+    assert sent < 640
+    # A message that fits still works, chunked or not.
+    response = await http_client.fetch(
+        f"{base_url}/live",
+        method="POST",
+        body='{"type": "echo", "id": 1, "data": "fits"}',
+        headers={"Content-Type": "application/json"},
+    )
+    assert json.loads(response.body) == {"type": "reply", "id": 1, "data": "fits"}
+    chunked = b'{"type": "echo", "data": 2}'
+    status, data = await raw_http(
+        base_url,
+        head + b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        b"%x\r\n%s\r\n0\r\n\r\n" % (len(chunked), chunked),
+    )
+    assert (status, body_of(data)) == (200, {"type": "reply", "data": 2})
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+def _post_big(url: str, size: int) -> bytes:
+    """POST ``size`` bytes of JSON-ish body, sent piece by piece from a generator while
+    reading: stops sending once the answer came (or the server closed)."""
+    host, port = url.removeprefix("http://").split(":")
+    head = "POST /live HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += f"Content-Length: {size}\r\n\r\n"
+    pieces = (b"x" * 65536 for _ in range(size // 65536))
+    answer = b""
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(head.encode())
+        sock.settimeout(0.05)
+        deadline = time.monotonic() + 20
+        for piece in pieces:
+            if time.monotonic() > deadline:
+                break
+            try:
+                answer += sock.recv(65536)
+                break  # answered (or closed): stop sending
+            except TimeoutError:
+                pass
+            try:
+                sock.sendall(piece)
+            except OSError:
+                break
+        sock.settimeout(5)
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except OSError:
+            pass
+    return answer
+
+
+def test_fifty_megabyte_posts_do_not_grow_the_demo() -> None:
+    demo = start_demo()
+    try:
+        before = _rss(demo.process.pid)
+        for _ in range(4):
+            answer = _post_big(demo.url, 50 * 1024 * 1024)
+            assert answer.split()[1] == b"413", answer[:200]
+            assert body_of(answer)["code"] == "too_big"
+        growth = _rss(demo.process.pid) - before
+        print(f"VmRSS grew by {growth / 1e6:.1f} MB over 4 x 50 MB POSTs")
+        assert growth < 30 * 1024 * 1024, growth
+    finally:
+        demo.stop()
+
+
+# -- unmasked frames ---------------------------------------------------------------------------
+
+
+@gen_test
+async def test_an_unmasked_client_frame_closes_with_1002(http_server: Any, base_url: str) -> None:
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET /live HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101")
+    text = b'{"type": "echo", "id": 1}'
+    writer.write(bytes((0x81, len(text))) + text)  # no mask bit
+    rest = await asyncio.wait_for(reader.read(), 5)  # everything until the TCP close
+    writer.close()
+    assert rest[0] == 0x88, rest  # a close frame, and no reply before it
+    assert int.from_bytes(rest[2:4], "big") == 1002
+
+
+# -- event streams -----------------------------------------------------------------------------
+
+
+@gen_test
+async def test_a_keep_alive_connection_is_not_left_capped_by_an_event_stream(
+    http_server: Any, base_url: str, hub: Hub
+) -> None:
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            b"GET /live?channel=users HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n"
+        )
+        await asyncio.wait_for(reader.readuntil(b'"subscribed"'), 5)
+        broker = hub.broker
+        assert isinstance(broker, MemoryBroker)
+        broker.forget("users")  # the stream ends; the connection stays
+        await asyncio.wait_for(reader.readuntil(b"0\r\n\r\n"), 5)
+        writer.write(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200"), head
+        assert b"Content-Length: 1048576" in head
+        assert len(await asyncio.wait_for(reader.readexactly(1024 * 1024), 5)) == 1024 * 1024
+    finally:
+        writer.close()
+
+
+@gen_test(timeout=20)
+async def test_streams_gone_while_the_policy_decides_leave_nothing(
+    http_server: Any, base_url: str, hub: Hub
+) -> None:
+    Live.waiting, Live.deciding = asyncio.Event(), 0
+    baseline = len(asyncio.all_tasks())
+    host, port = base_url.removeprefix("http://").split(":")
+    writers = []
+    try:
+        for _ in range(30):
+            _, writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"GET /live?channel=slow HTTP/1.0\r\nAccept: text/event-stream\r\n\r\n")
+            writers.append(writer)
+        for _ in range(200):
+            if Live.deciding == 30:
+                break
+            await asyncio.sleep(0.02)
+        assert Live.deciding == 30
+        for writer in writers:
+            writer.close()
+        await asyncio.sleep(0.1)  # the server sees them go
+        Live.waiting.set()  # every decision says yes, too late
+        for _ in range(200):
+            if len(asyncio.all_tasks()) <= baseline:
+                break
+            await asyncio.sleep(0.02)
+        assert len(asyncio.all_tasks()) <= baseline
+        assert (hub.subscribers("slow"), hub.channels) == (0, frozenset())
+    finally:
+        Live.waiting = None
+
+
+# -- the memory broker's eviction --------------------------------------------------------------
+
+
+def _lines_run(call: Any) -> int:
+    """How many lines of brokers/memory.py ``call()`` runs (a structural count, no clock)."""
+    count = 0
+    previous = sys.gettrace()
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal count
+        if frame.f_code.co_filename.endswith("memory.py"):
+            if event == "line":
+                count += 1
+            return trace
+        return None
+
+    sys.settrace(trace)
+    try:
+        call()
+    finally:
+        sys.settrace(previous)
+    return count
+
+
+@gen_test
+async def test_eviction_forgets_the_least_recently_used_idle_channel_in_constant_work() -> None:
+    async def held(subscribed: int) -> MemoryBroker:
+        broker = MemoryBroker(channels=subscribed + 3, history=1)
+        for n in range(subscribed):
+            await broker.subscribe(f"held/{n}", lambda event: None, lambda c, p: None)
+        for name in ("a", "b", "c"):
+            await broker.publish(name, "updated_user", b"1")
+        return broker
+
+    def new_channel(broker: MemoryBroker, name: str) -> None:
+        coroutine = broker.publish(name, "updated_user", b"1")
+        with contextlib.suppress(StopIteration):
+            coroutine.send(None)
+
+    small, large = await held(10), await held(5000)
+    assert _lines_run(lambda: new_channel(small, "d")) == _lines_run(
+        lambda: new_channel(large, "d")
+    )
+    # What is forgotten, in order: the least recently used idle channel; subscribed
+    # channels never; leaving a channel counts as using it.
+    broker = await held(2)
+    await broker.history("a")  # used: the idle order is b, c, a, then c, a, b
+    b = await broker.history("b")
+    order: list[str] = []
+    for name in "def":
+        await broker.publish(name, "updated_user", b"1")
+        order += [n for n in "abc" if n not in broker._state and n not in order]
+    assert order == ["c", "a", "b"]  # history counts as use too
+    assert all(f"held/{n}" in broker._state for n in range(2))
+    again = await broker.history("b", since=1, epoch=b.position.epoch)
+    assert again.recovered is False
+    assert again.position.epoch != b.position.epoch
+    left = MemoryBroker(channels=3)
+    inbox = (lambda event: None), (lambda c, p: None)
+    await left.subscribe("x", *inbox)
+    await left.publish("y", "updated_user", b"1")
+    await left.publish("z", "updated_user", b"1")
+    await left.unsubscribe("x", inbox[0])  # x left last: y is the oldest idle channel
+    await left.publish("w", "updated_user", b"1")
+    assert sorted(left._state) == ["w", "x", "z"]
+
+
+# -- the demo hashes passwords off the event loop ----------------------------------------------
+
+
+@pytest.fixture
+def hashing(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """The real hash, made to wait until the test's other request was answered."""
+    seen: dict[str, Any] = {"answered": threading.Event(), "threads": []}
+    real = users_module.hash_password
+
+    def waiting(password: str) -> str:
+        seen["threads"].append(threading.get_ident())
+        seen["waited"] = seen["answered"].wait(5)
+        return real(password)
+
+    monkeypatch.setattr(users_module, "hash_password", waiting)
+    return seen
+
+
+class TestTheDemo:
+    @pytest.fixture
+    def app(self, hub: Hub, users: type[User], tasks: type[Task]) -> tornado.web.Application:
+        return make_app(hub, users, tasks)
+
+    @gen_test(timeout=20)
+    async def test_a_sign_up_hashes_off_the_loop(
+        self, http_client: Any, base_url: str, hashing: dict[str, Any]
+    ) -> None:
+        await sign_up_while_hashing(http_client, base_url, hashing)
+
+
+async def sign_up_while_hashing(http_client: Any, app_base: str, hashing: dict[str, Any]) -> None:
+    sign_up = http_client.fetch(
+        f"{app_base}/users",
+        method="POST",
+        body=json.dumps({"name": "Ada", "email": "ada@example.com", "password": "analytical"}),
+        headers={"Content-Type": "application/json"},
+    )
+    for _ in range(250):
+        if hashing["threads"]:
+            break
+        await asyncio.sleep(0.02)
+    listed = await http_client.fetch(f"{app_base}/users")  # answered while the hash waits
+    assert json.loads(listed.body) == []
+    hashing["answered"].set()
+    created = await sign_up
+    assert created.code == 201
+    assert hashing["waited"] is True
+    assert hashing["threads"][0] != threading.get_ident()
+
+
+def test_an_error_frame_always_encodes() -> None:
+    frame = protocol.error("refused_here", "a message with a lone \ud800 in it", id=3)
+    assert json.loads(frame) == {
+        "type": "error",
+        "code": "refused_here",
+        "message": "a message with a lone \ud800 in it",
+        "id": 3,
+    }
