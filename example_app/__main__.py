@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import tornado.httpserver
 import tornado.netutil
 
-from tornado_live import Hub
+from tornado_live import Hub, drain
 from tornado_live.models import SWEEP
 
 from .app import make_app
@@ -113,11 +113,11 @@ async def serve(options: argparse.Namespace) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    server.stop()
     for sweep in sweeps:
-        sweep.stop()
-    await server.close_all_connections()
-    await hub.close()
+        sweep.stop()  # the other processes sweep what this one leaves pending
+    # Stop accepting, close every live connection with 1001 and a reconnect hint, let the
+    # requests in flight finish, then close the hub and its broker: at most DRAIN seconds.
+    await drain(server, hub)
     if options.mongo:
         await client.close()
     # --8<-- [end:serve]

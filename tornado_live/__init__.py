@@ -12,6 +12,7 @@ The flow of one event::
 * `tornado_live.transports`: the bytes of a WebSocket and of an event stream.
 * `tornado_live.handler`: `LiveMixin` for your ``WebSocketHandler``: routing, policy, settings.
 * `tornado_live.models`: `Document`: documents whose every write is announced.
+* `tornado_live.shutdown`: `drain`, a graceful shutdown (SIGTERM: `on_signals`).
 * `tornado_live.client`: a Python client; `tornado_live.testing`: test helpers.
 """
 
@@ -22,6 +23,7 @@ from .handler import LiveHandler, LiveMixin, message, static_route
 from .hub import Hub, Snapshot
 from .models import Document, StaleError, UnboundError
 from .protocol import Event, LiveError, Position, ProtocolError, Refused
+from .shutdown import drain, on_signals
 
 __all__ = [
     "Broker",
@@ -43,6 +45,8 @@ __all__ = [
     "Snapshot",
     "StaleError",
     "UnboundError",
+    "drain",
     "message",
+    "on_signals",
     "static_route",
 ]

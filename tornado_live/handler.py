@@ -203,7 +203,14 @@ class LiveMixin(_Base):
         ):
             await self._live_stream()
         else:
-            await super().get(*args, **kwargs)
+            # get() returns when the connection ends (after its last message was handled):
+            # until then the hub counts it open, for a graceful shutdown to close and await.
+            transport = self._live_socket()
+            self.hub.attach(transport)
+            try:
+                await super().get(*args, **kwargs)
+            finally:
+                self.hub.detach(transport)
 
     async def post(self, *args: Any, **kwargs: Any) -> None:
         """An application message over HTTP: ``{"type": ..., "id": ..., "data": ...}`` in,
