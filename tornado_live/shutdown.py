@@ -94,8 +94,8 @@ async def drain(
     # Requests in flight: HTTP handlers running, WebSocket handlers still handling a
     # message (their handler's get() returns, and they leave hub.connections, after it).
     # Polled: Tornado says nothing when a request ends.
-    while (busy(server) or hub.connections) and loop.time() < deadline:
-        await asyncio.sleep(0.02)  # noqa: ASYNC110 (no event to wait on)
+    while (busy(server) or hub.connections) and loop.time() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
     if busy(server) or hub.connections:
         log.warning("drain timeout (%s s): closing what is still in flight", timeout)
     try:
