@@ -108,6 +108,7 @@ async def serve(options: argparse.Namespace) -> None:
         f"store: {store}; broker: {broker}; Ctrl-C stops)",
         flush=True,
     )
+    # --8<-- [start:drain]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -118,6 +119,7 @@ async def serve(options: argparse.Namespace) -> None:
     # Stop accepting, close every live connection with 1001 and a reconnect hint, let the
     # requests in flight finish, then close the hub and its broker: at most DRAIN seconds.
     await drain(server, hub)
+    # --8<-- [end:drain]
     if options.mongo:
         await client.close()
     # --8<-- [end:serve]

@@ -113,9 +113,10 @@ def on_signals(
     *,
     timeout: float = DRAIN,
     spread: float = SPREAD,
-    signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+    signals: Sequence[int] | None = None,
 ) -> asyncio.Future[None]:
-    """Drain ``server`` and ``hub`` on the first of ``signals``; return a future that is
+    """Drain ``server`` and ``hub`` on the first of ``signals`` (default: SIGTERM and
+    SIGINT); return a future that is
     done when the drain is. Await it as the last line of your ``main()``.
 
     The handler only schedules `drain` on the running loop, and removes itself, so a
@@ -123,15 +124,16 @@ def on_signals(
     """
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
+    watched = (signal.SIGTERM, signal.SIGINT) if signals is None else tuple(signals)
 
-    def received(signum: signal.Signals) -> None:
-        for each in signals:
+    def received(signum: int) -> None:
+        for each in watched:
             loop.remove_signal_handler(each)
-        log.info("%s: draining (at most %s s)", signum.name, timeout)
+        log.info("signal %s: draining (at most %s s)", signum, timeout)
         task = loop.create_task(drain(server, hub, timeout=timeout, spread=spread))
         task.add_done_callback(lambda task: _settle(done, task))
 
-    for signum in signals:
+    for signum in watched:
         loop.add_signal_handler(signum, received, signum)
     return done
 
