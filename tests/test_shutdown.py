@@ -315,3 +315,26 @@ async def test_on_signals_drains_on_the_first_signal(closing: Closing) -> None:
     await asyncio.wait_for(done, DRAIN)
     assert await client.wait_closed() == GOING_AWAY
     assert client.reconnect_delay is not None
+
+
+class Plain:
+    """A connection of the hub's own kind (send and reset only): a drain resets it."""
+
+    def __init__(self) -> None:
+        self.resets: list[str] = []
+
+    def send(self, frame: bytes, position: object = None) -> None:
+        pass
+
+    def reset(self, reason: str) -> None:
+        self.resets.append(reason)
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_connection_without_close_is_reset(closing: Closing) -> None:
+    hub = Hub()
+    server, _ = serve(hub)
+    plain = Plain()
+    await hub.subscribe(plain, "notes")
+    await drain(server, hub, timeout=0.3)  # it never leaves: the drain times out
+    assert plain.resets == ["the server is shutting down; reconnect"]
