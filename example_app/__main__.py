@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import tornado.httpserver
 import tornado.netutil
 
-from tornado_live import Hub
+from tornado_live import Hub, drain
 from tornado_live.models import SWEEP
 
 from .app import make_app
@@ -126,6 +126,7 @@ async def serve(options: argparse.Namespace) -> None:
         make_app(hub, users, tasks, cookie_secret=secret),
         idle_connection_timeout=options.idle_timeout,
         body_timeout=options.idle_timeout,
+        max_body_size=1024 * 1024,  # the demo's REST bodies are small: refuse more, unread
     )
     # --8<-- [end:timeouts]
     server.add_sockets(sockets)
@@ -136,16 +137,18 @@ async def serve(options: argparse.Namespace) -> None:
         f"store: {store}; broker: {broker}; Ctrl-C stops)",
         flush=True,
     )
+    # --8<-- [start:drain]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    server.stop()
     for sweep in sweeps:
-        sweep.stop()
-    await server.close_all_connections()
-    await hub.close()
+        sweep.stop()  # the other processes sweep what this one leaves pending
+    # Stop accepting, close every live connection with 1001 and a reconnect hint, let the
+    # requests in flight finish, then close the hub and its broker: at most DRAIN seconds.
+    await drain(server, hub)
+    # --8<-- [end:drain]
     if options.mongo:
         await client.close()
     # --8<-- [end:serve]

@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -11,6 +13,11 @@ import tornado.web
 
 #: Largest JSON body accepted (413 beyond it).
 MAX_BODY = 64 * 1024
+
+#: TEST ONLY: seconds each REST write waits before it starts (environment variable
+#: ``TORNADO_LIVE_DEMO_DELAY``), so that a test can have a request in flight when the
+#: process is told to stop (tests/test_shutdown.py). Never set it otherwise.
+DELAY = float(os.environ.get("TORNADO_LIVE_DEMO_DELAY") or 0)
 
 T = TypeVar("T")
 
@@ -32,6 +39,8 @@ class JsonHandler(tornado.web.RequestHandler):
         announcement is pending (Redis was away), say so in the ``X-Announcement: pending``
         header of a successful answer: the write stands, and a sweep announces it as soon
         as Redis is back, so the page's client must not write it again."""
+        if DELAY:
+            await asyncio.sleep(DELAY)  # test only (see DELAY): the write has not started
         result = await change
         if getattr(result if document is None else document, "announced", True) is False:
             self.set_header("X-Announcement", "pending")

@@ -13,6 +13,7 @@ The flow of one event::
 * `tornado_live.handler`: `LiveMixin` for your ``WebSocketHandler``: routing, policy, settings.
 * `tornado_live.metrics`: Prometheus metrics, served by `MetricsHandler`.
 * `tornado_live.models`: `Document`: documents whose every write is announced.
+* `tornado_live.shutdown`: `drain`, a graceful shutdown (SIGTERM: `on_signals`).
 * `tornado_live.client`: a Python client; `tornado_live.testing`: test helpers.
 """
 
@@ -23,6 +24,7 @@ from .handler import Grant, LiveHandler, LiveMixin, MetricsHandler, message, sta
 from .hub import Hub, Snapshot
 from .models import Document, StaleError, UnboundError
 from .protocol import Event, LiveError, Position, ProtocolError, Refused
+from .shutdown import drain, on_signals
 
 __all__ = [
     "Broker",
@@ -46,6 +48,8 @@ __all__ = [
     "Snapshot",
     "StaleError",
     "UnboundError",
+    "drain",
     "message",
+    "on_signals",
     "static_route",
 ]

@@ -35,6 +35,7 @@ from tornado.httpclient import HTTPRequest
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
 from .protocol import LiveError, Position
+from .shutdown import reconnect_delay
 
 log = logging.getLogger("tornado_live.client")
 
@@ -262,6 +263,13 @@ class Client:
     @property
     def close_reason(self) -> str | None:
         return self.connection.close_reason
+
+    @property
+    def reconnect_delay(self) -> float | None:
+        """Seconds the server asked this client to wait before reconnecting (elsewhere):
+        set once it closed with code 1001 and ``reconnect=<ms>`` (a graceful shutdown),
+        None otherwise. Reconnecting is yours: `connect` again, then `resume`."""
+        return reconnect_delay(self.close_code, self.close_reason)
 
     async def wait_closed(self, timeout: float = 5.0) -> int | None:
         """Wait until the server closes the connection; return its close code."""

@@ -271,7 +271,15 @@ class LiveMixin(_Base):
                         float(timeout), self._live_idle, float(timeout), 0
                     )
                 metrics.socket(self)
-                await self._live_websocket(*args, **kwargs)
+                # get() returns when the connection ends (after its last message was
+                # handled): until then the hub counts it open, for a graceful shutdown to
+                # close and await.
+                transport = self._live_socket()
+                self.hub.attach(transport)
+                try:
+                    await self._live_websocket(*args, **kwargs)
+                finally:
+                    self.hub.detach(transport)
         finally:
             slots.free()
             if self._live_timer is not None:

@@ -110,6 +110,7 @@ class Hub:
         self._active: set[str] = set()  # channels this hub holds a broker subscription for
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._attached: set[Connection] = set()  # open connections, subscribed or not
         #: What serves snapshots of channels (models add themselves when they are bound).
         self.sources: list[Source] = []
         self._users: dict[str, set[Disconnectable]] = {}  # user -> local connections
@@ -169,6 +170,20 @@ class Hub:
     def subscribers(self, channel: str) -> int:
         """How many local connections are subscribed to ``channel``."""
         return len(self._members.get(channel, ()))
+
+    @property
+    def connections(self) -> frozenset[Connection]:
+        """The open connections of this hub: attached (see `attach`) or subscribed."""
+        return frozenset(self._attached.union(self._channels))
+
+    def attach(self, connection: Connection) -> None:
+        """Count ``connection`` as open from its start, subscribed or not, until `detach`
+        (transports do this, so that `tornado_live.shutdown.drain` can close them all)."""
+        self._attached.add(connection)
+
+    def detach(self, connection: Connection) -> None:
+        """``connection`` is done (its handler finished); see `attach`."""
+        self._attached.discard(connection)
 
     def subscriptions(self, connection: Connection) -> frozenset[str]:
         """The channels ``connection`` is subscribed to."""

@@ -31,6 +31,7 @@ from .hub import Hub
 from .protocol import Position
 
 if TYPE_CHECKING:
+    import tornado.httpserver
     import tornado.web
     import tornado.websocket
 
@@ -87,6 +88,13 @@ class WebSocket:
         self.hub.leave(self)
         if self.handler.ws_connection is not None:
             self.handler.close(1012, reason)
+
+    def close(self, code: int, hint: int) -> None:
+        """Close with ``code`` and the reason ``reconnect=<hint>``: come back in ``hint``
+        milliseconds (the graceful shutdown's 1001)."""
+        self.hub.leave(self)
+        if self.handler.ws_connection is not None:
+            self.handler.close(code, f"reconnect={hint}")
 
     def closed(self) -> None:
         """The client went away."""
@@ -146,6 +154,12 @@ class EventStream:
         reconnects and is told ``recovered: false``."""
         self.closed()
 
+    def close(self, code: int, hint: int) -> None:
+        """End the stream after a ``retry: <hint>`` line: the browser reconnects in
+        ``hint`` milliseconds (``code`` is for WebSockets only)."""
+        self.write(b"retry: %d\n\n" % hint)
+        self.closed()
+
     def closed(self) -> None:
         """The client went away, or the stream must end."""
         self.hub.leave(self)
@@ -168,6 +182,7 @@ class EventStream:
         closing it as idle."""
         metrics.stream(self)
         self.write(b"retry: %d\n\n" % random.randint(1000, 3000))
+        self.hub.attach(self)
         try:
             while not self.done.is_set():
                 try:
@@ -176,6 +191,7 @@ class EventStream:
                     self.write(b": ping\n\n")
         finally:
             self.hub.leave(self)
+            self.hub.detach(self)
             _uncap(self.handler)
 
 
@@ -268,6 +284,17 @@ def _uncap(handler: tornado.web.RequestHandler) -> None:
     stream = _http_stream(handler)
     if stream is not None:
         stream.max_write_buffer_size = None
+
+
+def busy(server: tornado.httpserver.HTTPServer) -> bool:
+    """True while a request of ``server`` is in flight (its handler runs or its answer is
+    being written). ``HTTPServer._connections`` is private: there is no public list of a
+    server's connections. A connection waiting for a request is reading; one whose
+    request is being handled is not."""
+    return any(
+        not (connection.stream.closed() or connection.stream.reading())
+        for connection in server._connections
+    )
 
 
 def headers_written(handler: tornado.web.RequestHandler) -> bool:

@@ -1,6 +1,6 @@
 // live.js's logic against fake transports, run in a real Chromium by tests/test_live_js.py.
 // Each check's outcome ("ok" or the error) goes to window.results, which the test reads.
-import {backoffDelay, connect, endpoints, LiveError} from "/static/live/live.js";
+import {backoffDelay, connect, endpoints, LiveError, reconnectHint} from "/static/live/live.js";
 
 const results = {};
 
@@ -53,10 +53,10 @@ function fakeSockets({fail = false} = {}) {
     push(frame) {
       this.onmessage?.({data: JSON.stringify(frame)});
     }
-    drop() {
+    drop(code = 1006, reason = "") {
       this.readyState = 3;
       this.onerror?.({});
-      this.onclose?.({code: 1006});
+      this.onclose?.({code, reason});
     }
   };
 }
@@ -237,6 +237,24 @@ await check(
     equal(third.readyState, 3, "close() closes the socket");
   },
 );
+
+await check("a 1001 close with reconnect=<ms> waits that long, then recovers", async () => {
+  equal(reconnectHint(1001, "reconnect=250"), 250, "parsed");
+  equal(reconnectHint(1001, "bye; reconnect=7"), 7, "within a longer reason");
+  equal(reconnectHint(1000, "reconnect=250"), null, "only for 1001");
+  equal(reconnectHint(1001, "reconnect=soon"), null, "only digits");
+  equal(reconnectHint(1001, undefined), null, "no reason");
+  const {live, Socket, socket} = await opened({backoff: [1, 1]});
+  socket.push({type: "subscribed", channel: "users", offset: 4, epoch: "e", id: socket.sent[0].id});
+  socket.drop(1001, "reconnect=300");
+  await pause(150);
+  equal(Socket.instances.length, 1, "not before the hinted delay (the backoff is 1 ms)");
+  await until(() => Socket.instances.length === 2, "a socket after the hint");
+  const second = Socket.instances[1];
+  second.open();
+  equal([second.sent[0].since, second.sent[0].epoch], [4, "e"], "recovers with since");
+  live.close();
+});
 
 await check("events wait for a pending onRefetch, then come in order", async () => {
   const Socket = fakeSockets();

@@ -149,9 +149,12 @@
  *
  * Also exported: Live (the class connect() instantiates), LiveError (an Error with .code and,
  * for an error frame, .frame), backoffDelay(attempt, [firstMs, maxMs], random) (the delay
- * before reconnect attempt `attempt`), endpoints(url, base) ({ws, http}, the URLs derived).
+ * before reconnect attempt `attempt`), endpoints(url, base) ({ws, http}, the URLs derived),
+ * reconnectHint(code, reason) (the delay a 1001 close asks for, in ms, or null).
  *
  * Reconnects and fallback. After a lost connection the client reconnects with the backoff
+ * (after the hinted delay instead when the server closed with 1001 and reconnect=<ms>: a
+ * graceful shutdown; it then recovers with since, as after any reconnect)
  * (at once when the browser fires "online"). The WebSocket is tried first. If it cannot be
  * opened (it errors or closes before "open") twice in a row, or the WebSocket constructor is
  * missing, the client uses Server-Sent Events: exactly one EventSource per subscribed
@@ -192,6 +195,16 @@ export class LiveError extends Error {
 /** Milliseconds to wait before reconnect attempt `attempt` (0, 1, ...): capped, jittered. */
 export function backoffDelay(attempt, [first, max] = BACKOFF, random = Math.random) {
   return Math.min(max, first * 2 ** attempt) * (0.5 + random() / 2);
+}
+
+/**
+ * The milliseconds a WebSocket close asks the client to wait before reconnecting: for code
+ * 1001 (a server shutting down) whose reason carries reconnect=<ms>; null otherwise.
+ */
+export function reconnectHint(code, reason) {
+  if (code !== 1001 || typeof reason !== "string") return null;
+  const found = /(?:^|[\s;,])reconnect=(\d{1,9})(?:$|[\s;,])/.exec(reason);
+  return found ? Number(found[1]) : null;
 }
 
 /** The WebSocket and HTTP URLs of `url` (resolved against `base`, the page by default). */
@@ -423,10 +436,10 @@ export class Live {
     else this.#openStreams();
   }
 
-  #retry() {
+  #retry(hint = null) {
     if (this.state === "closed" || this.#timer !== null) return;
     this.#setState(this.#wasLive ? "reconnecting" : "connecting");
-    const delay = backoffDelay(this.#attempt++, this.#options.backoff);
+    const delay = hint ?? backoffDelay(this.#attempt++, this.#options.backoff);
     this.#timer = setTimeout(() => this.#connect(), delay);
   }
 
@@ -537,7 +550,8 @@ export class Live {
         this.#error(new LiveError("disconnected", `the server disconnected: ${event.reason}`));
       }
       this.#lost(socket);
-      this.#retry();
+      // A server shutting down (1001, "reconnect=<ms>") says when to come back.
+      this.#retry(reconnectHint(event?.code, event?.reason));
     };
     socket.onerror = () => {}; // a "close" always follows
   }
