@@ -335,6 +335,27 @@ class Served:
         await self.hub.close()
 
 
+@pytest.mark.gen_test
+async def test_an_http_message_carries_its_token(base_url: str, http_server: Any) -> None:
+    async def whoami(headers: dict[str, str], query: str = "") -> tuple[int, Any]:
+        response = await AsyncHTTPClient().fetch(
+            f"{base_url}/live{query}",
+            method="POST",
+            body=json.dumps({"type": "whoami", "id": 1}),
+            headers={"Content-Type": "application/json", **headers},
+            raise_error=False,
+        )
+        return response.code, json.loads(response.body)
+
+    assert await whoami({}) == (200, {"type": "reply", "id": 1, "data": None})
+    code, frame = await whoami({"Authorization": "Bearer ann:good"})
+    assert (code, frame["data"]) == (200, "ann")
+    code, frame = await whoami({}, "?token=bob:good")
+    assert (code, frame["data"]) == (200, "bob")
+    code, frame = await whoami({"Authorization": "Bearer ann:bad"})
+    assert (code, frame["code"]) == (401, "unauthorized")
+
+
 def test_live_js_renews_its_token_through_the_callback(browser: Browser) -> None:
     Live.lifetime = 1.0
     served = Served()

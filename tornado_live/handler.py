@@ -293,6 +293,10 @@ class LiveMixin(_Base):
         try:
             if cross_origin(self) is not None:
                 raise ProtocolError("forbidden", "cross-origin messages are not allowed")
+            token = _bearer(self.request.headers.get("Authorization", ""))
+            token = token or self.get_query_argument("token", None)
+            if token is not None:  # a client without cookies: the token says who it is
+                await self._live_authenticate(protocol.check_token(token), None)
             kind = self.request.headers.get("Content-Type", "").partition(";")[0].strip()
             if kind.lower() != "application/json":
                 raise ProtocolError(
@@ -756,6 +760,12 @@ class LiveMixin(_Base):
 
 
 R = TypeVar("R")
+
+
+def _bearer(header: str) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None."""
+    scheme, _, token = header.partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
 
 
 async def _resolved(value: R | Awaitable[R]) -> R:

@@ -1157,9 +1157,15 @@ export class Live {
     if (waited) item.abort = new AbortController();
     let frame;
     try {
+      const headers = {"Content-Type": "application/json", Accept: "application/json"};
+      if (this.#options.token) {
+        // A message over HTTP carries the token too (the server's authenticate decides).
+        if (this.#token === null) await this.#freshToken();
+        if (this.#token !== null) headers.Authorization = `Bearer ${this.#token}`;
+      }
       const response = await this.#fetch(this.#urls.http, {
         method: "POST",
-        headers: {"Content-Type": "application/json", Accept: "application/json"},
+        headers,
         body: item.text,
         signal: item.abort?.signal,
       });
