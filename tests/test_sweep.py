@@ -116,13 +116,7 @@ async def test_a_process_killed_between_write_and_publish_loses_nothing(
         )
         body = {"name": "Ada", "email": "ada@example.com", "password": "password"}
         with pytest.raises(HTTPStreamClosedError):  # the process died mid-request
-            await AsyncHTTPClient().fetch(
-                f"{doomed.url}/users",
-                method="POST",
-                body=json.dumps(body),
-                headers={"Content-Type": "application/json"},
-                request_timeout=10,
-            )
+            await rest_post(doomed.url, body)
         assert doomed.stop() == -signal.SIGKILL  # it was dead already
         # The write stood; the steady process's sweep announces it, once.
         event = await client.receive(timeout=10)
@@ -155,13 +149,7 @@ async def test_a_process_killed_after_the_publish_before_its_done_mark_sends_it_
             env={"TORNADO_LIVE_FAULT": "before-mark"},
         )
         body = {"name": "Ada", "email": "ada@example.com", "password": "password"}
-        created = await AsyncHTTPClient().fetch(
-            f"{doomed.url}/users",
-            method="POST",
-            body=json.dumps(body),
-            headers={"Content-Type": "application/json"},
-            request_timeout=10,
-        )
+        created = await rest_post(doomed.url, body)
         assert created.code == 201
         assert "X-Announcement" not in created.headers  # it went out
         event = await client.receive(timeout=10)
