@@ -849,9 +849,11 @@ def snapshots_given(page: Page) -> int:
 def test_a_snapshot_page_shows_the_last_saves_despite_the_race(
     browser: Browser, transport: str
 ) -> None:
-    # Each snapshot is read 0.3 s after the position it goes with, while saves keep coming:
+    # Each snapshot is read 1 s after the position it goes with, while saves keep coming:
     # those saves come as events after that position, and the snapshot shows them already.
-    with Served(snapshot_delay=0.3) as served:
+    # (1 s: a sign-up hashes its password in a thread, which a loaded machine may take a
+    # few tenths of a second to finish; the window must hold some saves whatever the load.)
+    with Served(snapshot_delay=1.0) as served:
         url = served.url
         ids = [rest(url + "/users", "POST", user(name))["id"] for name in ("Ada", "Grace")]
         writer = Writer(url, ids)
