@@ -245,6 +245,36 @@ def redis_server() -> Iterator[tuple[str, int]]:
             stop(process)
 
 
+@contextlib.contextmanager
+def mongo_server() -> Iterator[tuple[str, int]]:
+    """The tests' MongoDB wire server (mongoeco in ``.venv-mongo``), pinned with the servers."""
+    python = ROOT / ".venv-mongo" / "bin" / "python"
+    if not python.exists():
+        raise BenchError(f"no {python.relative_to(ROOT)}: run scripts/setup test (make bench does)")
+    process = subprocess.Popen(
+        ["taskset", "-c", str(SERVER_CPU), str(python), str(ROOT / "tests" / "mongo_server.py")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        readable, _, _ = select.select([process.stdout], [], [], START_TIMEOUT)
+        uri = process.stdout.readline().strip() if readable else ""
+        if not uri.startswith("mongodb://"):
+            raise BenchError(f"the MongoDB wire server did not start ({uri!r})")
+        yield uri, process.pid
+    finally:
+        if process.stdin is not None:
+            process.stdin.close()  # it stops when its stdin closes
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            stop(process)
+        if process.stdout is not None:
+            process.stdout.close()
+
+
 @dataclass
 class Server:
     process: subprocess.Popen[str]
@@ -258,7 +288,7 @@ class Server:
 
 
 @contextlib.contextmanager
-def servers(peer: Peer, count: int = 1, redis: str | None = None) -> Iterator[list[Server]]:
+def servers(peer: Peer, count: int = 1, args: Sequence[str] = ()) -> Iterator[list[Server]]:
     """``count`` fresh processes of ``peer``, pinned to the server CPU, stopped after."""
     started: list[Server] = []
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -266,8 +296,7 @@ def servers(peer: Peer, count: int = 1, redis: str | None = None) -> Iterator[li
         for _ in range(count):
             errors = tempfile.TemporaryFile("w+")  # noqa: SIM115 (closed in finally)
             command = [*("taskset", "-c", str(SERVER_CPU)), *peer.command(), "--port", "0"]
-            if redis is not None:
-                command += ["--redis", redis]
+            command += args
             process = subprocess.Popen(
                 command,
                 stdin=subprocess.DEVNULL,
@@ -324,7 +353,7 @@ def peer_servers(peer: Peer, count: int = 1) -> Iterator[tuple[list[Server], lis
         with servers(peer, count) as running:
             yield running, []
         return
-    with redis_server() as (url, pid), servers(peer, count, url) as running:
+    with redis_server() as (url, pid), servers(peer, count, ["--redis", url]) as running:
         yield running, [pid]
 
 
@@ -343,6 +372,9 @@ class Options:
     poll_rate: float
     poll_seconds: float
     period: float  # ms between two polls of one client
+    save_clients: int
+    save_rate: float
+    save_seconds: float
     peers: list[str]
     output: Path
 
@@ -353,6 +385,7 @@ class Results:
     latency: dict[str, Any] = field(default_factory=dict)
     redis3: dict[str, Any] = field(default_factory=dict)
     poll: dict[str, Any] = field(default_factory=dict)
+    save: dict[str, Any] = field(default_factory=dict)
     failed: dict[str, str] = field(default_factory=dict)  # "peer/figure" -> exact error
     wall: float = 0.0
 
@@ -428,6 +461,25 @@ def measure_poll(options: Options) -> dict[str, Any]:
     return out
 
 
+def measure_save(options: Options) -> Any:
+    """(e) a model save() to the last of the subscribers."""
+    peer = next(p for p in PEERS if p.key == "live")
+    with mongo_server() as (uri, pid), servers(peer, 1, ["--mongo", uri]) as running:
+        figures = load(
+            peer,
+            running,
+            [pid],
+            scenario="rate",
+            path="/save",
+            clients=options.save_clients,
+            rate=options.save_rate,
+            seconds=options.save_seconds,
+            timeout=options.save_seconds + 120,
+        )
+    log(f"  save: last {figures['last_ms']}, save() {figures['save_ms']}")
+    return figures
+
+
 def attempt(results: Results, label: str, measure: Callable[[], Any]) -> Any:
     try:
         return measure()
@@ -471,6 +523,11 @@ def run(options: Options, failed: dict[str, str]) -> Results:
         figures = attempt(results, "live/poll", lambda: measure_poll(options))
         if figures is not None:
             results.poll = figures
+    if "live" in options.peers:
+        log("a model save() to the last subscriber")
+        figures = attempt(results, "live/save", lambda: measure_save(options))
+        if figures is not None:
+            results.save = figures
     results.wall = time.perf_counter() - started
     return results
 
@@ -616,14 +673,7 @@ def report(results: Results, options: Options, command: str) -> str:
     lines += latency_section(results, options, chosen)
     lines += redis_section(results, options)
     lines += poll_section(results, options)
-    lines += [
-        "## (e) A model save() to the last subscriber",
-        "",
-        "Not measured yet: `Document.save()` to the last of 1,000 subscribers needs the "
-        "MongoDB wire server in the loop; `benchmarks/writes.py` measures what the save "
-        "itself costs against a plain write (`benchmarks/WRITES.md`).",
-        "",
-    ]
+    lines += save_section(results, options)
     if results.failed:
         lines += ["## What could not be measured", ""]
         for label, error in results.failed.items():
@@ -878,6 +928,56 @@ def poll_section(results: Results, options: Options) -> list[str]:
     return lines
 
 
+def save_section(results: Results, options: Options) -> list[str]:
+    lines = [
+        "## (e) A model save() to the last subscriber",
+        "",
+        f"{options.save_clients:,} subscribers of `users`; `GET /save` calls `save()` on one "
+        f"`Document` (an update) {options.save_rate:g} times per second for "
+        f"{options.save_seconds:g} s, the memory broker, the tests' MongoDB wire server "
+        "(mongoeco, in memory, pinned with the server). Per save: from just before `save()` "
+        "(`bench_t`) to the first and to the last subscriber holding the event, and how "
+        "long `save()` itself took in the server (the write with its pending mark and the "
+        "publish; the done-mark follows within `MARK_DELAY`). Next to it, the plain "
+        "`hub.publish()` of (b), at its own rate, publish to the last subscriber.",
+        "",
+    ]
+    if not results.save:
+        return [*lines, "Not measured (see below).", ""]
+    rows = []
+    for label, figures in (
+        ("model save()", results.save),
+        ("hub.publish()", results.latency.get("live")),
+    ):
+        if figures is None:
+            rows.append([label, "failed", "", "", "", "", ""])
+            continue
+        rows.append(
+            [
+                label,
+                fmt(figures["save_ms"]["p50"], 2) if figures["save_ms"]["count"] else "-",
+                fmt(figures["first_ms"]["p50"], 2),
+                fmt(figures["last_ms"]["p50"], 2),
+                fmt(figures["last_ms"]["p99"], 2),
+                fmt(figures["last_ms"]["max"], 2),
+                str(figures["expected"] - figures["deliveries"]),
+            ]
+        )
+    lines += table(
+        [
+            "",
+            "save() ms p50",
+            "to the first p50 ms",
+            "to the last p50 ms",
+            "to the last p99 ms",
+            "to the last max ms",
+            "lost",
+        ],
+        rows,
+    )
+    return lines
+
+
 # -- command line ----------------------------------------------------------------------
 
 
@@ -901,6 +1001,9 @@ def parser() -> argparse.ArgumentParser:
     add("--poll-rate", type=float, default=1.0, help="(d): updates per second (1)")
     add("--poll-seconds", type=float, default=30.0, help="(d): seconds (30)")
     add("--period", type=float, default=3000.0, help="(d): ms between polls (3000)")
+    add("--save-clients", type=int, default=1000, help="(e): subscribers (1000)")
+    add("--save-rate", type=float, default=10.0, help="(e): saves per second (10)")
+    add("--save-seconds", type=float, default=5.0, help="(e): seconds (5)")
     add("--peers", default=",".join(p.key for p in PEERS), help="which peers (all)")
     add("--output", type=Path, default=REPORT, help="the report (docs/benchmarks.md)")
     return main
@@ -920,6 +1023,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         poll_rate=parsed.poll_rate,
         poll_seconds=parsed.poll_seconds,
         period=parsed.period,
+        save_clients=parsed.save_clients,
+        save_rate=parsed.save_rate,
+        save_seconds=parsed.save_seconds,
         peers=[key for key in parsed.peers.split(",") if key],
         output=parsed.output,
     )

@@ -79,7 +79,7 @@ function numberAfter(buf, key) {  // the number after "key": in buf, or NaN
 // -- subscribers -------------------------------------------------------------------------
 const state = {
   deliveries: 0, gaps: 0, closed: 0, lastDelivery: 0, doneClients: 0,
-  latencies: null, latencyCount: 0, target: Infinity, onDone: null,
+  latencies: null, latencyCount: 0, events: new Map(), target: Infinity, onDone: null,
 };
 const subs = [];
 
@@ -115,8 +115,11 @@ function subscribe(index) {
       state.deliveries += 1;
       state.lastDelivery = t;
       if (state.latencies !== null) {
-        const sent = numberAfter(data, T);
-        if (state.latencyCount < state.latencies.length) state.latencies[state.latencyCount++] = t - sent;
+        const latency = t - numberAfter(data, T);
+        if (state.latencyCount < state.latencies.length) state.latencies[state.latencyCount++] = latency;
+        const event = state.events.get(seq);
+        if (event === undefined) state.events.set(seq, [latency, latency]);
+        else { event[0] = Math.min(event[0], latency); event[1] = Math.max(event[1], latency); }
       }
       if (sub.count === cfg.events) state.doneClients += 1;
       if (state.deliveries >= state.target && state.onDone) state.onDone();
@@ -165,7 +168,7 @@ function latencyFigures(values) {
   const sorted = Float64Array.from(values).sort();
   return { p50: quantile(sorted, 0.5), p99: quantile(sorted, 0.99), max: sorted.length ? sorted[sorted.length - 1] : null, count: sorted.length };
 }
-const publishUrl = (n) => `${cfg.servers[0].control}/publish?n=${n}`;
+const publishUrl = (n) => `${cfg.servers[0].control}${cfg.path || '/publish'}?n=${n}`;
 
 // -- scenarios ---------------------------------------------------------------------------
 async function burst() {
@@ -198,7 +201,7 @@ async function rate() {
     await sleep(t0 + (k * 1000) / cfg.rate - now());
     replies.push(get(publishUrl(1), control));
   }
-  await Promise.all(replies);
+  const answers = (await Promise.all(replies)).map((text) => JSON.parse(text));
   await delivered(cfg.clients * n);
   const seconds = (now() - t0) / 1000;
   const cpu1 = cpus(); const mine1 = mine();
@@ -206,6 +209,9 @@ async function rate() {
     events: n, expected: cfg.clients * n, deliveries: state.deliveries, gaps: state.gaps,
     closed: state.closed, seconds, server_cpu: cpu1.map((c, i) => c - cpu0[i]),
     load_cpu: mine1 - mine0, latency_ms: latencyFigures(state.latencies.subarray(0, state.latencyCount)),
+    first_ms: latencyFigures([...state.events.values()].map((e) => e[0])),
+    last_ms: latencyFigures([...state.events.values()].map((e) => e[1])),
+    save_ms: latencyFigures(answers.filter((a) => a.save_ms !== undefined).map((a) => a.save_ms)),
   };
 }
 
