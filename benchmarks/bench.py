@@ -697,136 +697,140 @@ def report(results: Results, options: Options, command: str) -> str:
     return "\n".join(lines)
 
 
+RATIOS = (
+    "Each cell reads **value (x naive, x websockets)**: the figure, then its ratio to the "
+    "naive Tornado loop's and to `websockets`' in this same run (below 1: less than them)."
+)
+
+
+def cell(value: float | None, digits: int, bases: dict[str, float | None]) -> str:
+    """A figure with its ratios to the naive loop and to websockets."""
+    if value is None:
+        return "n/a"
+    naive, ws = (ratio(value, bases.get(b)) for b in BASES)
+    return f"{fmt(value, digits)} ({naive}, {ws})"
+
+
 def burst_section(results: Results, options: Options, chosen: Sequence[Peer]) -> list[str]:
     lines = [
         "## (a) Burst fan-out",
         "",
         f"One channel, C subscribers, one burst of M events (C x M = {options.deliveries:,} "
-        f"deliveries); median of {options.rounds} round(s). Time runs from the request that "
-        "starts the burst to the last delivery.",
+        f"deliveries); median of {options.rounds} round(s), a fresh server each. "
+        "Deliveries/s runs from the request that starts the burst to the last delivery. "
+        "Load generator busy: its CPU time over that time (near 100%: it set the pace, "
+        "and deliveries/s is a lower bound for that server).",
+        "",
+        RATIOS,
         "",
     ]
     for clients in options.sizes:
         rows = []
-        base = {
-            b: median(results.burst[b, clients], us_per_delivery)
-            for b in BASES
-            if (b, clients) in results.burst
-        }
+        figures = {key: rounds for (key, size), rounds in results.burst.items() if size == clients}
+        rates = {key: median(rounds, rate_of) for key, rounds in figures.items()}
+        cpus = {key: median(rounds, us_per_delivery) for key, rounds in figures.items()}
         for peer in chosen:
-            rounds = results.burst.get((peer.key, clients))
+            rounds = figures.get(peer.key)
             if rounds is None:
-                rows.append([peer.title, "failed", "", "", "", "", ""])
+                rows.append([peer.title, "failed", "", "", "", ""])
                 continue
-            us = median(rounds, us_per_delivery)
+            busy = median(rounds, lambda r: r["load_cpu"] / max(r["seconds"], 1e-9))
+            server = median(rounds, lambda r: sum(r["server_cpu"][:1]) / max(r["seconds"], 1e-9))
             rows.append(
                 [
                     peer.title,
-                    fmt(median(rounds, rate_of), 0),
-                    fmt(us, 2),
+                    cell(rates[peer.key], 0, dict(rates)),
+                    cell(cpus[peer.key], 2, dict(cpus)),
                     str(max(r["expected"] - r["deliveries"] for r in rounds)),
-                    f"{median(rounds, lambda r: r['load_cpu'] / max(r['seconds'], 1e-9)):.0%}",
-                    ratio(us, base.get("naive")),
-                    ratio(us, base.get("websockets")),
+                    f"{busy:.0%}",
+                    f"{server:.0%}",
                 ]
             )
+        head = ["server", "deliveries/s", "server CPU µs/delivery", "lost"]
+        head += ["load generator busy", "server busy"]
         lines += [
             f"### {clients:,} subscribers, M = {events_for(clients, options.deliveries)}",
             "",
-            *table(
-                [
-                    "server",
-                    "deliveries/s",
-                    "server CPU µs/delivery",
-                    "lost",
-                    "load generator busy",
-                    "CPU vs naive",
-                    "CPU vs websockets",
-                ],
-                rows,
-            ),
+            *table(head, rows),
         ]
     return lines
 
 
 def memory_section(results: Results, options: Options, chosen: Sequence[Peer]) -> list[str]:
     clients = max(options.sizes)
-
-    def kib(rounds: list[Any]) -> float:
-        return median(rounds, lambda r: (r["rss_connected"][0] - r["rss_before"][0]) / clients)
-
-    base = {b: kib(results.burst[b, clients]) for b in BASES if (b, clients) in results.burst}
-    rows = []
-    for peer in chosen:
-        rounds = results.burst.get((peer.key, clients))
-        if rounds is None:
-            rows.append([peer.title, "failed", "", ""])
-            continue
-        value = kib(rounds)
-        rows.append(
-            [
-                peer.title,
-                fmt(value, 1),
-                ratio(value, base.get("naive")),
-                ratio(value, base.get("websockets")),
-            ]
-        )
+    kib = {
+        key: median(rounds, lambda r: (r["rss_connected"][0] - r["rss_before"][0]) / clients)
+        for (key, size), rounds in results.burst.items()
+        if size == clients
+    }
+    rows = [
+        [peer.title, cell(kib[peer.key], 1, dict(kib)) if peer.key in kib else "failed"]
+        for peer in chosen
+    ]
     return [
         f"## (c) Memory per idle subscribed connection, at {clients:,}",
         "",
-        "(server VmRSS with every client connected and subscribed - VmRSS before) / C, "
-        "before the burst; the server process only (not Redis).",
+        "(server VmRSS with every client connected, subscribed and past the warm-up event "
+        "- VmRSS before the first connection) / C, measured before the burst of (a); the "
+        f"server process only (not Redis); median of {options.rounds} round(s).",
         "",
-        *table(["server", "KiB/connection", "vs naive", "vs websockets"], rows),
+        RATIOS,
+        "",
+        *table(["server", "KiB/connection"], rows),
     ]
 
 
-def latency_section(results: Results, options: Options, chosen: Sequence[Peer]) -> list[str]:
-    def p(key: str, q: str) -> float | None:
-        figures = results.latency.get(key)
-        value = figures["latency_ms"][q] if figures else None
-        return None if value is None else float(value)
+def latency_bases(results: Results, which: str, q: str) -> dict[str, float | None]:
+    return {b: results.latency[b][which][q] for b in BASES if b in results.latency}
 
-    rows = []
-    for peer in chosen:
-        figures = results.latency.get(peer.key)
-        if figures is None:
-            rows.append([peer.title, "failed", "", "", "", "", "", ""])
-            continue
-        p99 = p(peer.key, "p99")
-        cpu = sum(figures["server_cpu"]) / max(1, figures["deliveries"]) * 1e6
-        rows.append(
-            [
-                peer.title,
-                fmt(p(peer.key, "p50"), 2),
-                fmt(p99, 2),
-                fmt(p(peer.key, "max"), 2),
-                str(figures["expected"] - figures["deliveries"]),
-                fmt(cpu, 2),
-                ratio(p99, p("naive", "p99")),
-                ratio(p99, p("websockets", "p99")),
-            ]
-        )
+
+def latency_row(label: str, figures: Any, results: Results, processes: int = 1) -> list[str]:
+    cpu = sum(figures["server_cpu"][:processes]) / max(1, figures["deliveries"]) * 1e6
+    cpu_bases = {
+        b: sum(results.latency[b]["server_cpu"][:1]) / max(1, results.latency[b]["deliveries"])
+        for b in BASES
+        if b in results.latency
+    }
+    return [
+        label,
+        *(
+            cell(figures["latency_ms"][q], 2, latency_bases(results, "latency_ms", q))
+            for q in ("p50", "p99", "max")
+        ),
+        cell(figures["last_ms"]["p99"], 2, latency_bases(results, "last_ms", "p99")),
+        str(figures["expected"] - figures["deliveries"]),
+        cell(cpu, 2, {b: v * 1e6 for b, v in cpu_bases.items()}),
+    ]
+
+
+LATENCY_HEAD = [
+    "p50 ms",
+    "p99 ms",
+    "max ms",
+    "to the last subscriber p99 ms",
+    "lost",
+    "server CPU µs/delivery",
+]
+
+
+def latency_section(results: Results, options: Options, chosen: Sequence[Peer]) -> list[str]:
+    rows = [
+        latency_row(peer.title, results.latency[peer.key], results)
+        if peer.key in results.latency
+        else [peer.title, "failed", "", "", "", "", ""]
+        for peer in chosen
+    ]
     return [
         "## (b) Latency at a steady rate",
         "",
         f"{options.latency_clients:,} subscribers, {options.rate:g} events/s for "
         f"{options.seconds:g} s (one `GET /publish?n=1` every {1000 / options.rate:g} ms, "
-        "on schedule): from publish (`bench_t`) to receipt, every delivery counted.",
+        "on schedule, not waiting for the previous one): from publish (`bench_t`) to "
+        "receipt, over every delivery; and per event, to the last subscriber that got it.",
         "",
-        *table(
-            [
-                "server",
-                "p50 ms",
-                "p99 ms",
-                "max ms",
-                "lost",
-                "server CPU µs/delivery",
-                "p99 vs naive",
-                "p99 vs websockets",
-            ],
-            rows,
-        ),
+        RATIOS,
+        "",
+        *table(["server", *LATENCY_HEAD], rows),
     ]
 
 
@@ -835,10 +839,13 @@ def redis_section(results: Results, options: Options) -> list[str]:
         "## (f) The Redis broker with three server processes",
         "",
         f"Three tornado_live processes on one private redis-server, the "
-        f"{options.latency_clients:,} subscribers spread over them round robin, "
+        f"{options.latency_clients:,} subscribers of (b) spread over them round robin, "
         f"{options.rate:g} events/s for {options.seconds:g} s published through the first "
-        "one; the three processes and redis-server share CPU 0. Against one process with the "
-        "memory broker and one with the Redis broker, same load.",
+        "one; the three processes and redis-server share CPU 0. Next to one process with "
+        "the memory broker and one with the Redis broker, from (b). Server CPU is the three "
+        "processes' together.",
+        "",
+        RATIOS,
         "",
     ]
     rows = []
@@ -848,39 +855,20 @@ def redis_section(results: Results, options: Options) -> list[str]:
         ("Redis broker, 3 processes", results.redis3 or None, 3),
     ):
         if figures is None:
-            rows.append([label, "failed", "", "", "", "", "", ""])
+            rows.append([label, "failed", "", "", "", "", "", "", ""])
             continue
         cpu = figures["server_cpu"]
-        servers_cpu = sum(cpu[:processes])
-        redis_cpu = sum(cpu[processes:])
         events = max(1, figures["events"])
-        latency = figures["latency_ms"]
+        redis = fmt(sum(cpu[processes:]) / events * 1e6, 0) if len(cpu) > processes else "-"
         rows.append(
             [
-                label,
-                fmt(servers_cpu / events * 1e6, 0),
-                fmt(redis_cpu / events * 1e6, 0) if len(cpu) > processes else "-",
-                fmt(servers_cpu / max(1, figures["deliveries"]) * 1e6, 2),
-                fmt(latency["p50"], 2),
-                fmt(latency["p99"], 2),
-                fmt(latency["max"], 2),
-                str(figures["expected"] - figures["deliveries"]),
+                *latency_row(label, figures, results, processes),
+                fmt(sum(cpu[:processes]) / events * 1e6, 0),
+                redis,
             ]
         )
-    lines += table(
-        [
-            "setup",
-            "servers' CPU µs/event",
-            "redis-server CPU µs/event",
-            "servers' CPU µs/delivery",
-            "p50 ms",
-            "p99 ms",
-            "max ms",
-            "lost",
-        ],
-        rows,
-    )
-    return lines
+    head = ["setup", *LATENCY_HEAD, "server CPU µs/event", "redis-server CPU µs/event"]
+    return [*lines, *table(head, rows)]
 
 
 def poll_section(results: Results, options: Options) -> list[str]:
@@ -947,7 +935,7 @@ def save_section(results: Results, options: Options) -> list[str]:
     rows = []
     for label, figures in (
         ("model save()", results.save),
-        ("hub.publish()", results.latency.get("live")),
+        ("hub.publish(), from (b)", results.latency.get("live")),
     ):
         if figures is None:
             rows.append([label, "failed", "", "", "", "", ""])
@@ -956,25 +944,18 @@ def save_section(results: Results, options: Options) -> list[str]:
             [
                 label,
                 fmt(figures["save_ms"]["p50"], 2) if figures["save_ms"]["count"] else "-",
-                fmt(figures["first_ms"]["p50"], 2),
-                fmt(figures["last_ms"]["p50"], 2),
-                fmt(figures["last_ms"]["p99"], 2),
-                fmt(figures["last_ms"]["max"], 2),
+                cell(figures["first_ms"]["p50"], 2, latency_bases(results, "first_ms", "p50")),
+                *(
+                    cell(figures["last_ms"][q], 2, latency_bases(results, "last_ms", q))
+                    for q in ("p50", "p99", "max")
+                ),
                 str(figures["expected"] - figures["deliveries"]),
             ]
         )
-    lines += table(
-        [
-            "",
-            "save() ms p50",
-            "to the first p50 ms",
-            "to the last p50 ms",
-            "to the last p99 ms",
-            "to the last max ms",
-            "lost",
-        ],
-        rows,
-    )
+    head = ["", "save() ms p50", "to the first p50 ms", "to the last p50 ms"]
+    head += ["to the last p99 ms", "to the last max ms", "lost"]
+    lines += ["Ratios are to (b)'s naive loop and `websockets` (publish, no database).", ""]
+    lines += table(head, rows)
     return lines
 
 
@@ -1002,7 +983,7 @@ def parser() -> argparse.ArgumentParser:
     add("--poll-seconds", type=float, default=30.0, help="(d): seconds (30)")
     add("--period", type=float, default=3000.0, help="(d): ms between polls (3000)")
     add("--save-clients", type=int, default=1000, help="(e): subscribers (1000)")
-    add("--save-rate", type=float, default=10.0, help="(e): saves per second (10)")
+    add("--save-rate", type=float, default=20.0, help="(e): saves per second (20)")
     add("--save-seconds", type=float, default=5.0, help="(e): seconds (5)")
     add("--peers", default=",".join(p.key for p in PEERS), help="which peers (all)")
     add("--output", type=Path, default=REPORT, help="the report (docs/benchmarks.md)")
