@@ -32,6 +32,7 @@ import platform
 import resource
 import select
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -990,7 +991,13 @@ def parser() -> argparse.ArgumentParser:
     return main
 
 
+def terminate(signum: int, frame: object) -> None:
+    """SIGTERM: unwind, so that every ``finally`` stops the processes it started."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, terminate)
     args = list(sys.argv[1:] if argv is None else argv)
     parsed = parser().parse_args(args)
     options = Options(
