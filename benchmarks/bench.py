@@ -974,7 +974,7 @@ def parser() -> argparse.ArgumentParser:
     main = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     add = main.add_argument
     add("--sizes", type=sizes, default=[1000, 5000], help="subscribers per burst (1000,5000)")
-    add("--deliveries", type=int, default=200_000, help="C x M per burst (200000)")
+    add("--deliveries", type=int, default=100_000, help="C x M per burst (100000)")
     add("--rounds", type=int, default=3, help="bursts per peer and size (3)")
     add("--latency-clients", type=int, default=1000, help="(b), (f): subscribers (1000)")
     add("--rate", type=float, default=20.0, help="(b), (f): events per second (20)")
