@@ -792,8 +792,10 @@ def latency_row(label: str, figures: Any, results: Results, processes: int = 1) 
         for b in BASES
         if b in results.latency
     }
+    busy = sum(figures["server_cpu"][:processes]) / processes / max(figures["seconds"], 1e-9)
     return [
         label,
+        f"{busy:.0%}",
         *(
             cell(figures["latency_ms"][q], 2, latency_bases(results, "latency_ms", q))
             for q in ("p50", "p99", "max")
@@ -805,6 +807,7 @@ def latency_row(label: str, figures: Any, results: Results, processes: int = 1) 
 
 
 LATENCY_HEAD = [
+    "server busy",
     "p50 ms",
     "p99 ms",
     "max ms",
@@ -818,16 +821,19 @@ def latency_section(results: Results, options: Options, chosen: Sequence[Peer]) 
     rows = [
         latency_row(peer.title, results.latency[peer.key], results)
         if peer.key in results.latency
-        else [peer.title, "failed", "", "", "", "", ""]
+        else [peer.title, "failed", "", "", "", "", "", ""]
         for peer in chosen
     ]
     return [
         "## (b) Latency at a steady rate",
         "",
         f"{options.latency_clients:,} subscribers, {options.rate:g} events/s for "
-        f"{options.seconds:g} s (one `GET /publish?n=1` every {1000 / options.rate:g} ms, "
-        "on schedule, not waiting for the previous one): from publish (`bench_t`) to "
-        "receipt, over every delivery; and per event, to the last subscriber that got it.",
+        f"{options.seconds:g} s (one `GET /publish?n=1&t=<due>` every "
+        f"{1000 / options.rate:g} ms, on schedule, not waiting for the previous one): from "
+        "the time each event was due (`t`, the load generator's clock, which the server "
+        "puts in `bench_t`: a request queued behind a busy server counts its wait) to "
+        "receipt, over every delivery; and per event, to the last subscriber that got it. "
+        "Server busy: its CPU over the whole window (near 100%: it could not keep up).",
         "",
         RATIOS,
         "",
@@ -856,7 +862,7 @@ def redis_section(results: Results, options: Options) -> list[str]:
         ("Redis broker, 3 processes", results.redis3 or None, 3),
     ):
         if figures is None:
-            rows.append([label, "failed", "", "", "", "", "", "", ""])
+            rows.append([label, "failed", "", "", "", "", "", "", "", ""])
             continue
         cpu = figures["server_cpu"]
         events = max(1, figures["events"])
@@ -924,8 +930,8 @@ def save_section(results: Results, options: Options) -> list[str]:
         f"{options.save_clients:,} subscribers of `users`; `GET /save` calls `save()` on one "
         f"`Document` (an update) {options.save_rate:g} times per second for "
         f"{options.save_seconds:g} s, the memory broker, the tests' MongoDB wire server "
-        "(mongoeco, in memory, pinned with the server). Per save: from just before `save()` "
-        "(`bench_t`) to the first and to the last subscriber holding the event, and how "
+        "(mongoeco, in memory, pinned with the server). Per save: from the time it was due "
+        "(`t`, as in (b)) to the first and to the last subscriber holding the event, and how "
         "long `save()` itself took in the server (the write with its pending mark and the "
         "publish; the done-mark follows within `MARK_DELAY`). Next to it, the plain "
         "`hub.publish()` of (b), at its own rate, publish to the last subscriber.",

@@ -198,8 +198,9 @@ async function rate() {
   const cpu0 = cpus(); const mine0 = mine(); const t0 = now();
   const replies = [];
   for (let k = 0; k < n; k++) {
-    await sleep(t0 + (k * 1000) / cfg.rate - now());
-    replies.push(get(publishUrl(1), control));
+    const due = t0 + (k * 1000) / cfg.rate;  // the event's time: latency counts any queueing
+    await sleep(due - now());
+    replies.push(get(`${publishUrl(1)}&t=${due}`, control));
   }
   const answers = (await Promise.all(replies)).map((text) => JSON.parse(text));
   await delivered(cfg.clients * n);

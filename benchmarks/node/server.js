@@ -26,9 +26,10 @@ const server = http.createServer((req, res) => {
     return;
   }
   const n = Number(url.searchParams.get('n') || '1');
+  const stamp = url.searchParams.get('t');
   for (let i = 0; i < n; i++) {
     seq += 1;
-    const data = { ...USER, bench_seq: seq, bench_t: now() };
+    const data = { ...USER, bench_seq: seq, bench_t: stamp ? Number(stamp) : now() };
     const text = JSON.stringify({ type: 'updated_user', channel: 'users', data });
     for (const client of wss.clients) {
       if (client.readyState === WebSocket.OPEN) client.send(text);

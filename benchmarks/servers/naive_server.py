@@ -51,9 +51,11 @@ class NaiveHandler(tornado.websocket.WebSocketHandler):
 
 class PublishHandler(tornado.web.RequestHandler):
     def get(self) -> None:
+        stamp = self.get_query_argument("t", "")
         for _ in range(int(self.get_query_argument("n", "1"))):
             NaiveHandler.seq += 1
-            data = {**USER, "bench_seq": NaiveHandler.seq, "bench_t": time.time() * 1000}
+            when = float(stamp) if stamp else time.time() * 1000
+            data = {**USER, "bench_seq": NaiveHandler.seq, "bench_t": when}
             NaiveHandler.broadcast({"type": "updated_user", "channel": "users", "data": data})
         self.write({"receivers": len(NaiveHandler.waiters)})
 

@@ -43,9 +43,11 @@ async def disconnect(sid: str, *args: Any) -> None:
 
 
 async def publish(request: Any) -> Any:
+    stamp = request.query.get("t")
     for _ in range(int(request.query.get("n", "1"))):
         seq[0] += 1
-        await sio.emit("updated_user", {**USER, "bench_seq": seq[0], "bench_t": time.time() * 1000})
+        when = float(stamp) if stamp else time.time() * 1000
+        await sio.emit("updated_user", {**USER, "bench_seq": seq[0], "bench_t": when})
     return web.json_response({"receivers": len(connected)})
 
 

@@ -48,9 +48,11 @@ class PublishHandler(tornado.web.RequestHandler):
         self.hub = hub
 
     async def get(self) -> None:
+        stamp = self.get_query_argument("t", "")
         for _ in range(int(self.get_query_argument("n", "1"))):
             State.seq += 1
-            State.last = {**USER, "bench_seq": State.seq, "bench_t": time.time() * 1000}
+            when = float(stamp) if stamp else time.time() * 1000
+            State.last = {**USER, "bench_seq": State.seq, "bench_t": when}
             await self.hub.publish(CHANNEL, TYPE, State.last)
         self.write({"receivers": self.hub.subscribers(CHANNEL)})
 
@@ -73,6 +75,7 @@ class SaveHandler(tornado.web.RequestHandler):
 
     async def get(self) -> None:
         count = int(self.get_query_argument("n", "1"))
+        stamp = self.get_query_argument("t", "")
         if SaveHandler.user is None:
             SaveHandler.user = self.users(name="Ada Lovelace", email="ada@example.com")
         if SaveHandler.lock is None:
@@ -83,7 +86,7 @@ class SaveHandler(tornado.web.RequestHandler):
             for _ in range(count):
                 State.seq += 1
                 user["bench_seq"] = State.seq
-                user["bench_t"] = time.time() * 1000
+                user["bench_t"] = float(stamp) if stamp else time.time() * 1000
                 await user.save()
             save_ms = (time.perf_counter() - started) / count * 1000
         self.write({"receivers": self.hub.subscribers(CHANNEL), "save_ms": save_ms})

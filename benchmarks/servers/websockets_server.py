@@ -44,9 +44,11 @@ def process_request(connection: ServerConnection, request: Request) -> Response 
     url = urlsplit(request.path)
     if url.path != "/publish":
         return None  # the WebSocket handshake goes on
-    for _ in range(int(parse_qs(url.query).get("n", ["1"])[0])):
+    query = parse_qs(url.query)
+    for _ in range(int(query.get("n", ["1"])[0])):
         SEQ[0] += 1
-        data = {**USER, "bench_seq": SEQ[0], "bench_t": time.time() * 1000}
+        when = float(query["t"][0]) if "t" in query else time.time() * 1000
+        data = {**USER, "bench_seq": SEQ[0], "bench_t": when}
         event = {"type": "updated_user", "channel": "users", "data": data}
         broadcast(CONNECTIONS, json.dumps(event, separators=(",", ":")))
     body = json.dumps({"receivers": len(CONNECTIONS)})
