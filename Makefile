@@ -1,6 +1,6 @@
 # The two commands of the README, and the quick one. Each sets itself up from nothing
 # (scripts/setup).
-.PHONY: demo test check lint docs clean
+.PHONY: demo test check lint docs clean bench
 
 ARGS ?=
 # Coverage of tornado_live and example_app (branches; the demo's subprocesses included),
@@ -27,5 +27,9 @@ check:  ## quick: lint, type-check, and the tests that need no Redis, MongoDB or
 	.venv/bin/mypy
 	.venv/bin/pytest -q -m "not redis and not mongo and not browser and not soak" $(ARGS)
 
+bench:  ## the benchmark side by side with the peers (about 10 minutes; writes docs/benchmarks.md)
+	@scripts/setup test
+	.venv/bin/python benchmarks/bench.py $(ARGS)
+
 clean:
-	rm -rf .venv .venv-mongo .tmp site .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*
+	rm -rf .venv .venv-mongo benchmarks/.venv-peers benchmarks/node/node_modules .tmp site .pytest_cache .mypy_cache .ruff_cache .coverage .coverage.*
