@@ -119,11 +119,6 @@ def refused(code: str) -> None:
     REFUSED.labels(code=code).inc()
 
 
-def rate_limited() -> None:
-    """The rate limit refused a client frame."""
-    RATE_LIMITED.inc()
-
-
 def limit(name: str) -> None:
     """A limit was reached (`tornado_live.limits.hit` says which)."""
     LIMITS.labels(limit=name).inc()
