@@ -60,6 +60,11 @@ MARKED: Final = "_marked"
 DELETED: Final = "_deleted"
 #: Seconds between sweeps (`Document.start_sweeping`).
 SWEEP: Final = 5.0
+#: Seconds a write must stay pending, at the same version, before a sweep takes it as
+#: left behind. A live process publishes its own write within milliseconds of the
+#: database's answer, knowing the channels it left; a sweep that raced it would have
+#: only the last done-mark's, which may be older.
+GRACE: Final = 1.0
 #: Documents a multi-document write announces one by one; beyond it, one
 #: ``refetch_<name>`` event per affected channel tells pages to refetch.
 MANY: Final = 100
@@ -677,25 +682,42 @@ class Document:
         return written
 
     @classmethod
-    async def sweep(cls) -> int:
+    async def sweep(cls, grace: float = GRACE) -> int:
         """Announce every write whose announcement is due (its process died before it
         could publish, or the broker was unreachable): how many were announced now.
+
+        A write is due when it stayed pending, at the same version, for ``grace`` seconds
+        (`GRACE`): the sweep reads the pending writes, waits that long, and announces
+        those still pending unchanged, leaving the others to the processes that made them.
 
         Safe to run in every process at once: each announcement is published with the
         idempotency key ``<name>:<id>:<version>``, so every subscriber receives it once.
         Writes still pending because the broker is still unreachable stay pending.
         """
         binding = cls._bound()
-        await binding.marks.flush()  # this process's own announced writes are not due
-        cursor = binding.collection.find({PENDING: True}, sort=[("_id", 1)])
-        due = [document async for document in cursor]
+        due = await cls._pending()
+        if due and grace > 0:
+            await asyncio.sleep(grace)
+            still = await cls._pending()
+            due = {key: document for key, document in still.items() if key in due}
         announced = 0
-        for document in due:
+        for document in due.values():
             stored = cls._load(document)
             after = None if document.get(DELETED) else stored
             if await cls._announce(stored, after, force=True, swept=True):
                 announced += 1
         return announced
+
+    @classmethod
+    async def _pending(cls) -> dict[tuple[str, Any], dict[str, Any]]:
+        """The stored documents marked pending, by id (digested) and version."""
+        binding = cls._bound()
+        await binding.marks.flush()  # this process's own announced writes are not due
+        cursor = binding.collection.find({PENDING: True}, sort=[("_id", 1)])
+        return {
+            (_digest(document["_id"]), document.get(VERSION)): document
+            async for document in cursor
+        }
 
     @classmethod
     async def flush(cls) -> None:
@@ -705,15 +727,15 @@ class Document:
         await cls._bound().marks.flush()
 
     @classmethod
-    def start_sweeping(cls, interval: float = SWEEP) -> Any:
+    def start_sweeping(cls, interval: float = SWEEP, grace: float = GRACE) -> Any:
         """Sweep now and every ``interval`` seconds (`SWEEP`, 5 by default) in this
-        process, until ``.stop()`` is called on what it returns (a Tornado
-        ``PeriodicCallback``). Call it at start-up in every process."""
+        process, with ``grace`` (see `sweep`), until ``.stop()`` is called on what it
+        returns (a Tornado ``PeriodicCallback``). Call it at start-up in every process."""
         from tornado.ioloop import PeriodicCallback
 
         async def sweep() -> None:
             try:
-                await cls.sweep()
+                await cls.sweep(grace)
             except Exception:
                 log.exception("sweeping %s failed; trying again in %s s", cls.__name__, interval)
 
@@ -869,7 +891,10 @@ class Document:
         still pending (its done-mark not written yet, or its announcement never went out:
         a dead process, an absent broker) is announced first, under its own key, so the
         broker refuses it if it went out already; if that fails too, this write stays
-        pending and the channels left are those of the last done-mark.
+        pending and the channels left are those of the last done-mark. When that mark is
+        older than the version before ``before`` (its channels may not be the ones
+        ``before`` left), the process that wrote ``before`` is given up to `GRACE` seconds
+        to announce it (and mark it) first: it knows what ``before`` left.
         """
         binding = cls._bound()
         name = cls._live.name
@@ -880,6 +905,8 @@ class Document:
                 waiting = binding.marks.announced(before)
                 if waiting is not None:
                     old = waiting
+                elif not _left_known(before) and await cls._marked(before):
+                    pass  # the process that wrote it announced it meanwhile
                 elif not await cls._announce(before, before, True, swept=True):
                     return False
             elif before.fields.get(PENDING):
@@ -946,6 +973,21 @@ class Document:
         return True
 
     @classmethod
+    async def _marked(cls, document: Document) -> bool:
+        """Wait up to `GRACE` seconds for ``document``'s version to be marked announced
+        (by the process that wrote it): True once it is."""
+        collection = cls._bound().collection
+        deadline = asyncio.get_running_loop().time() + GRACE
+        while True:
+            stored = await collection.find_one({"_id": document.id})
+            marked = None if stored is None else stored.get(MARKED)
+            if isinstance(marked, int) and marked >= (document.version or 0):
+                return True
+            if stored is None or asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(MARK_DELAY)
+
+    @classmethod
     async def _refetch(cls, documents: Iterable[Document], reason: str) -> None:
         hub = cls._bound().hub
         channels = list(dict.fromkeys(c for document in documents for c in document.channels()))
@@ -994,6 +1036,14 @@ _FAULT: Final = os.environ.get("TORNADO_LIVE_FAULT", "")
 def _alive(filter: Mapping[str, Any]) -> dict[str, Any]:
     """``filter`` restricted to documents that are not deleted-but-not-yet-announced."""
     return {**filter, DELETED: {"$ne": True}} if DELETED not in filter else dict(filter)
+
+
+def _left_known(document: Document) -> bool:
+    """Whether a pending ``document`` records the channels its version left: those of the
+    version before it, which its last done-mark (`ANNOUNCED` at `MARKED`) is, or none (an
+    insert)."""
+    version = document.version or 0
+    return version <= 1 or document.fields.get(MARKED) == version - 1
 
 
 def _digest(id: Any) -> str:
