@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -50,9 +51,16 @@ class Live(LiveMixin, WebSocketHandler):
         if token == "banned":
             raise Refused("banned", "this account is banned")
         name, _, secret = token.partition(":")
+        if secret == "old":  # a token that expired before it arrived
+            return Grant(name, time.time() - 1)
         if secret != "good":
             return None
         return name if self.lifetime is None else Grant(name, time.time() + self.lifetime)
+
+    def live_user(self) -> str | None:
+        if self.current_user == "glitch":
+            raise RuntimeError("a bug in live_user")
+        return super().live_user()
 
     def can_subscribe(self, channel: str) -> bool:
         return channel in ("public", f"private/{self.current_user}")
@@ -138,6 +146,48 @@ async def test_bad_tokens_are_refused(
     cookie = await live_connect("/live", headers={"Cookie": "user=ann"})
     with pytest.raises(ClientError, match="unauthorized"):
         await cookie.authenticate("bob:good")
+
+
+@pytest.mark.gen_test
+async def test_an_expired_token_is_refused_everywhere(base_url: str, live_connect: Any) -> None:
+    client = await live_connect("/live")
+    with pytest.raises(ClientError) as refused:
+        await client.authenticate("ann:old")
+    assert (refused.value.code, str(refused.value)) == (
+        "unauthorized",
+        "unauthorized: the token has expired",
+    )
+    assert await client.request("whoami") is None  # still nobody's, still open
+    with pytest.raises(HTTPClientError) as handshake:
+        await live_connect("/live?token=ann:old")
+    assert handshake.value.code == 401
+    response = await AsyncHTTPClient().fetch(
+        f"{base_url}/live",
+        method="POST",
+        body=json.dumps({"type": "whoami", "id": 1}),
+        headers={"Content-Type": "application/json", "Authorization": "Bearer ann:old"},
+        raise_error=False,
+    )
+    assert response.code == 401
+    assert json.loads(response.body)["message"] == "the token has expired"
+
+
+@pytest.mark.gen_test
+async def test_a_failing_live_user_leaves_the_connection_nobodys(
+    live_connect: Any, hub: Hub, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="tornado_live.handler"):
+        client = await live_connect("/live", headers={"Cookie": "user=glitch"})
+        await client.subscribe("private/glitch")
+    [failed] = [r for r in caplog.records if r.name == "tornado_live.handler"]
+    assert failed.getMessage() == "live_user() failed; the connection is nobody's"
+    assert "a bug in live_user" in str(failed.exc_info and failed.exc_info[1])
+    assert await client.request("whoami") == "glitch"  # it works, as the cookie's user
+    await hub.disconnect("glitch")  # but no order reaches it
+    await hub.publish("private/glitch", "note", {"n": 1})
+    assert (await client.receive())["data"] == {"n": 1}
+    assert await client.receive_nothing(0.1)
+    assert client.close_code is None
 
 
 @pytest.mark.gen_test(timeout=20)

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import pytest
 import tornado.web
-from tornado.httpclient import HTTPClientError
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError
 from tornado.websocket import WebSocketHandler, websocket_connect
 
 from example_app.store import memory_collection
@@ -43,6 +43,8 @@ class Live(LiveMixin, WebSocketHandler):
     def can_subscribe(self, channel: str) -> bool:
         if channel == "broken":
             raise RuntimeError("a bug in the policy")
+        if channel == "members":
+            raise Refused("members_only", "join the team first")
         if channel.startswith("private/"):
             return self.current_user is not None and channel == f"private/{self.current_user}"
         return True
@@ -213,6 +215,29 @@ async def test_refused_channel(live_connect: Any, hub: Hub) -> None:
     await hub.publish("private/ada", "note", {"text": "for ada"})
     assert (await receive_event(ada))["data"] == {"text": "for ada"}
     assert await stranger.receive_nothing()
+
+
+async def test_a_policy_refusing_with_its_own_code_is_answered_with_it(
+    live_connect: Any, base_url: str
+) -> None:
+    client = await live_connect("/live")
+    await client.send_raw(json.dumps({"type": "subscribe", "channel": "members", "id": 7}))
+    frame = await client.receive()
+    assert frame == {
+        "type": "error",
+        "code": "members_only",
+        "message": "join the team first",
+        "id": 7,
+        "channel": "members",
+    }
+    assert (await client.subscribe("users"))["offset"] == 0  # still open
+    response = await AsyncHTTPClient().fetch(
+        f"{base_url}/live?channel=members",
+        headers={"Accept": "text/event-stream"},
+        raise_error=False,
+    )
+    assert response.code == 400
+    assert json.loads(response.body)["code"] == "members_only"
 
 
 async def test_a_failing_policy_is_an_error_not_a_dropped_socket(live_connect: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 
 import pytest
@@ -407,3 +408,112 @@ async def test_a_recheck_event_asks_each_policy_before_delivering() -> None:
     assert hub.subscribers("tasks/1") == 2
     await hub.publish("tasks/1", "updated_task", {"n": 4})
     assert [f["offset"] for f in denied.received() if f["type"] == "updated_task"] == [1]
+
+
+class Member(Connection):
+    """A connection the app can cut: it keeps the closes it is told."""
+
+    def __init__(self, fails: bool = False) -> None:
+        super().__init__()
+        self.fails = fails
+        self.closes: list[tuple[int, str]] = []
+
+    def disconnect(self, code: int, reason: str) -> None:
+        if self.fails:
+            raise RuntimeError("a bug in disconnect")
+        self.closes.append((code, reason))
+
+
+@pytest.mark.gen_test
+async def test_a_malformed_control_message_is_logged_and_ignored(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hub = Hub()
+    ann = Member()
+    await hub.identify(ann, "ann")
+    await hub.subscribe(ann, "public")
+    with caplog.at_level(logging.ERROR, logger="tornado_live.hub"):
+        for message in (b"not json", b"[1]", b'{"order": "disconnect"}', b'{"user": "ann"}'):
+            await hub.broker.control(message)
+    logged = [r.getMessage() for r in caplog.records if r.name == "tornado_live.hub"]
+    assert logged == [
+        "ignored a malformed control message: b'not json'",
+        "ignored a malformed control message: b'[1]'",
+        """ignored a malformed control message: b'{"order": "disconnect"}'""",
+        """ignored a malformed control message: b'{"user": "ann"}'""",
+    ]
+    # An order of a kind this hub does not know (a newer process's) is ignored too.
+    await hub.broker.control(b'{"order": "promote", "user": "ann"}')
+    assert (ann.closes, hub.subscriptions(ann)) == ([], frozenset({"public"}))
+    await hub.disconnect("ann")  # and the next good order is carried out
+    assert ann.closes == [(4003, "signed out")]
+    await hub.close()
+
+
+@pytest.mark.gen_test
+async def test_a_connection_failing_an_order_does_not_stop_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    hub = Hub()
+    broken, ann = Member(fails=True), Member()
+    for connection in (broken, ann):
+        await hub.identify(connection, "ann")
+        await hub.subscribe(connection, "public")
+    with caplog.at_level(logging.ERROR, logger="tornado_live.hub"):
+        await hub.disconnect("ann", reason="bye")
+    assert ann.closes == [(4003, "bye")]
+    [failed] = [r for r in caplog.records if r.name == "tornado_live.hub"]
+    assert failed.getMessage().endswith("failed to carry out a disconnect order")
+    assert hub.connections == frozenset()  # both left the hub, the broken one too
+    await hub.close()
+
+
+@pytest.mark.gen_test
+async def test_revoking_a_channel_a_connection_does_not_follow_tells_it_nothing() -> None:
+    hub = Hub()
+    ann = Member()
+    await hub.identify(ann, "ann")
+    await hub.subscribe(ann, "public")
+    await hub.revoke("ann", "private/ann")
+    await hub.revoke("ann", "public")
+    [subscribed, revoked] = ann.received()
+    assert subscribed["type"] == "subscribed"
+    assert (revoked["code"], revoked["channel"]) == ("revoked", "public")
+    await hub.close()
+
+
+class Deaf(MemoryBroker):
+    """A memory broker whose first ``listen`` fails (Redis not up yet, say)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attempts = 0
+
+    async def listen(self, listener: Any) -> None:
+        self.attempts += 1
+        if self.attempts == 1:
+            raise ConnectionError("no control channel yet")
+        await super().listen(listener)
+
+
+@pytest.mark.gen_test
+async def test_identify_logs_a_broker_that_cannot_listen_and_tries_again(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broker = Deaf()
+    hub = Hub(broker)
+    ann, bob = Member(), Member()
+    with caplog.at_level(logging.WARNING, logger="tornado_live.hub"):
+        await hub.identify(ann, "ann")  # known as ann all the same
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "tornado_live.hub"]
+    assert warning == (
+        "cannot hear disconnect/revoke orders yet (ConnectionError: no control channel yet)"
+    )
+    assert hub.user(ann) == "ann"
+    await hub.disconnect("ann")
+    assert ann.closes == []  # nobody listened
+    await hub.identify(bob, "bob")  # the next one tries again, and succeeds
+    assert broker.attempts == 2
+    await hub.disconnect("ann")
+    assert ann.closes == [(4003, "signed out")]
+    await hub.close()

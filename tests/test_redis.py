@@ -13,6 +13,7 @@ import logging
 import signal
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ import tornado.web
 from helpers import Closing, Inbox, RedisServer, free_port, publish
 from redis.asyncio import Redis
 
-from tornado_live import Hub, LiveHandler
+from tornado_live import ClientError, Hub, LiveHandler
 from tornado_live.brokers import PublishError, from_url
 from tornado_live.brokers.redis import RedisBroker
 from tornado_live.protocol import Position
@@ -294,6 +295,46 @@ async def test_redis_stopped_then_started_again_needs_no_restart(
     assert [e.offset for e in await other.wait(1)] == [1]
 
 
+@pytest.mark.gen_test
+async def test_a_listener_added_once_subscribed_hears_and_events_still_flow(
+    make: MakeBroker, redis_server: str, prefix: str
+) -> None:
+    broker = make(redis_server, prefix=prefix)
+    inbox = Inbox()
+    await broker.subscribe("users", inbox, Gaps())  # the pub/sub connection is up
+    heard: list[bytes] = []
+    await broker.listen(heard.append)  # subscribed on it at once, confirmed in turn
+    await make(redis_server, prefix=prefix).control(b'{"order": "ping"}')
+    await publish(broker, "users", 1)
+    assert [e.offset for e in await inbox.wait(1)] == [1]
+    async with asyncio.timeout(5):
+        while not heard:
+            await asyncio.sleep(0.01)
+    assert heard == [b'{"order": "ping"}']
+
+
+@pytest.mark.redis
+@pytest.mark.gen_test(timeout=30)
+async def test_a_listener_registered_while_redis_is_down_hears_once_it_is_up(
+    make: MakeBroker, tmp_path: Path
+) -> None:
+    server = RedisServer(tmp_path)  # its port, nothing listening there yet
+    broker = make(server.url, timeout=0.5, backoff=(0.05, 0.2))
+    heard: list[bytes] = []
+    with pytest.raises(ConnectionError, match="could not listen to control messages: Redis at"):
+        await broker.listen(heard.append)
+    server.start()
+    try:
+        sender = make(server.url)
+        async with asyncio.timeout(10):  # the reader subscribes it when it connects
+            while not heard:
+                await sender.control(b'{"order": "ping"}')
+                await asyncio.sleep(0.05)
+        assert set(heard) == {b'{"order": "ping"}'}
+    finally:
+        server.stop()
+
+
 @pytest.mark.gen_test(timeout=30)
 async def test_a_publish_retried_after_a_timeout_with_its_key_gives_one_event(
     make: MakeBroker, private_redis: RedisServer
@@ -472,3 +513,46 @@ class TestLostHistory:
         # A connection on another channel is left alone.
         assert await bystander.receive_nothing()
         assert bystander.close_code is None
+
+
+class Named(LiveHandler):
+    """Users by cookie, so that `Hub.disconnect` and `Hub.revoke` can name them."""
+
+    def get_current_user(self) -> str | None:
+        return self.get_cookie("user")
+
+
+class TestOrdersAfterARestart:
+    @pytest.fixture
+    def app(self, private_redis: RedisServer, closing: Closing) -> tornado.web.Application:
+        broker = RedisBroker(private_redis.url, timeout=1.0, backoff=(0.05, 0.3))
+        hub = closing(Hub(broker))
+        return tornado.web.Application([(r"/live", Named, {"hub": hub})])
+
+    @pytest.mark.gen_test(timeout=20)
+    async def test_disconnect_and_revoke_still_arrive_after_redis_restarts(
+        self, live_connect: Any, private_redis: RedisServer, closing: Closing
+    ) -> None:
+        # Known to the hub (which then listens to orders) before Redis goes away.
+        ann = await live_connect("/live", headers={"Cookie": "user=ann"})
+        zed = await live_connect("/live", headers={"Cookie": "user=zed"})
+        elsewhere = closing(Hub(RedisBroker(private_redis.url, timeout=1.0)))
+        private_redis.stop()
+        private_redis.start()
+        for _ in range(50):  # until the hub's pub/sub connection is back
+            try:
+                await ann.subscribe("public")
+            except ClientError as exc:
+                refused = exc.code
+            else:
+                break
+            assert refused == "unavailable"
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("the hub never subscribed again")
+        await elsewhere.revoke("ann", "public")
+        frame = await ann.receive(timeout=5)
+        assert (frame["code"], frame["channel"]) == ("revoked", "public")
+        await elsewhere.disconnect("zed", reason="signed out")
+        assert await zed.wait_closed(timeout=5) == 4003
+        assert ann.close_code is None

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import signal
 import socket
 import uuid
+from typing import Any
 
 import pytest
 import tornado.httpserver
@@ -32,6 +34,7 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest, HTTPResponse
 from tornado.simple_httpclient import HTTPStreamClosedError, HTTPTimeoutError
 
 from tornado_live import Client, Closed, Hub, LiveHandler, drain, on_signals
+from tornado_live.brokers.memory import MemoryBroker
 from tornado_live.shutdown import DRAIN, GOING_AWAY, SPREAD, hint, reconnect_delay
 from tornado_live.testing import ws_url
 
@@ -338,3 +341,147 @@ async def test_a_connection_without_close_is_reset(closing: Closing) -> None:
     await hub.subscribe(plain, "notes")
     await drain(server, hub, timeout=0.3)  # it never leaves: the drain times out
     assert plain.resets == ["the server is shutting down; reconnect"]
+
+
+class Failing(Plain):
+    """A connection whose reset raises: a drain logs it and closes the others."""
+
+    def reset(self, reason: str) -> None:
+        raise RuntimeError("a bug in reset")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_connection_failing_to_close_is_logged_and_the_others_close(
+    closing: Closing, caplog: pytest.LogCaptureFixture
+) -> None:
+    hub = Hub()
+    server, url = serve(hub)
+    failing = Failing()
+    await hub.subscribe(failing, "notes")
+    client = closing(await Client.connect(ws_url(url)))
+    await client.subscribe("notes")
+    with caplog.at_level(logging.INFO, logger="tornado_live.shutdown"):
+        await drain(server, hub, timeout=0.3)  # the failing one never leaves: timed out
+    assert await client.wait_closed() == GOING_AWAY
+    [failed] = [r for r in caplog.records if r.getMessage().startswith("closing ")]
+    assert failed.levelno == logging.ERROR
+    assert failed.exc_info is not None
+    assert "a bug in reset" in str(failed.exc_info[1])
+    assert any("drain timeout (0.3 s)" in r.getMessage() for r in caplog.records)
+
+
+@tornado.web.stream_request_body
+class Upload(tornado.web.RequestHandler):
+    """A streamed upload whose prepare() waits on ``gate`` (a slow permission check, say)."""
+
+    def initialize(self, gate: asyncio.Event) -> None:
+        self.gate = gate
+
+    async def prepare(self) -> None:
+        await self.gate.wait()
+
+    def data_received(self, chunk: bytes) -> None:
+        pass
+
+    def post(self) -> None:
+        self.write("done")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_a_handler_stuck_before_its_body_does_not_hold_the_drain(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    gate = asyncio.Event()
+    app = tornado.web.Application([(r"/upload", Upload, {"gate": gate})])
+    [sock] = tornado.netutil.bind_sockets(0, "127.0.0.1", family=socket.AF_INET)
+    server = tornado.httpserver.HTTPServer(app)
+    server.add_sockets([sock])
+    reader, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+    try:
+        writer.write(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.1)  # its prepare() is waiting
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with caplog.at_level(logging.WARNING, logger="tornado_live.shutdown"):
+            await drain(server, Hub(), timeout=0.3)
+        assert loop.time() - started < 1.5  # not held until the gate opens
+        warnings = [r.getMessage() for r in caplog.records if r.name == "tornado_live.shutdown"]
+        assert warnings == ["drain timeout (0.3 s): closing what is still in flight"]
+        assert await asyncio.wait_for(reader.read(), 1) == b""  # closed without an answer
+    finally:
+        writer.close()
+        gate.set()
+        await asyncio.sleep(0.05)
+
+
+class Unclosable(MemoryBroker):
+    """A broker whose close fails (a Redis gone for good, say)."""
+
+    async def close(self) -> None:
+        raise ConnectionError("the broker could not close")
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_on_signals_future_carries_what_the_drain_raised() -> None:
+    hub = Hub(Unclosable())
+    server, _ = serve(hub)
+    done = on_signals(server, hub, signals=(signal.SIGUSR1,))
+    os.kill(os.getpid(), signal.SIGUSR1)
+    with pytest.raises(ConnectionError, match="could not close"):
+        await asyncio.wait_for(done, DRAIN)
+
+
+def drains() -> list[asyncio.Task[Any]]:
+    """The tasks running `drain` (`on_signals` starts one)."""
+    return [t for t in asyncio.all_tasks() if getattr(t.get_coro(), "__name__", "") == "drain"]
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_on_signals_future_is_cancelled_with_the_drain() -> None:
+    hub = Hub()
+    server, _ = serve(hub)
+    await hub.subscribe(Plain(), "notes")  # never leaves: the drain waits for it
+    done = on_signals(server, hub, timeout=5, signals=(signal.SIGUSR1,))
+    os.kill(os.getpid(), signal.SIGUSR1)
+    # As asyncio.run() does to what is left when main() returns: cancel the drain.
+    draining: list[asyncio.Task[Any]] = []
+    for _ in range(100):
+        draining = drains()
+        if draining:
+            break
+        await asyncio.sleep(0.01)
+    [task] = draining
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(done, 1)
+    assert done.cancelled()
+    await hub.close()
+
+
+@pytest.mark.gen_test(timeout=30)
+async def test_giving_up_on_the_future_leaves_the_drain_running(closing: Closing) -> None:
+    errors: list[dict[str, Any]] = []
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(lambda loop, context: errors.append(context))
+    try:
+        hub = Hub()
+        server, url = serve(hub)
+        client = closing(await Client.connect(ws_url(url)))
+        await client.subscribe("notes")
+        done = on_signals(server, hub, signals=(signal.SIGUSR1,))
+        os.kill(os.getpid(), signal.SIGUSR1)
+        with pytest.raises(TimeoutError):  # wait_for cancels the future it gave up on
+            await asyncio.wait_for(done, 0.001)
+        assert done.cancelled()
+        assert await client.wait_closed() == GOING_AWAY  # the drain went on
+        for _ in range(100):
+            if not drains():
+                break
+            await asyncio.sleep(0.01)
+        else:
+            pytest.fail("the drain did not end")
+        await asyncio.sleep(0)  # its done callback has run
+        assert errors == []  # and settling the cancelled future raised nothing
+    finally:
+        loop.set_exception_handler(None)
