@@ -16,6 +16,7 @@ import logging
 import random
 import re
 import time
+from asyncio import Future
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -419,6 +420,21 @@ class LiveMixin(_Base):
             log.exception("a client frame failed")
             metrics.refused("internal_error")
             transport.send(protocol.error("internal_error", _INTERNAL, id=id))
+
+    def write_message(
+        self, message: bytes | str | dict[str, Any], binary: bool = False
+    ) -> Future[None]:
+        """Tornado's, after the frames the hub queued for this client (so that what your
+        code writes itself keeps its order with them)."""
+        if isinstance(self._live, WebSocket):
+            self._live.flush()
+        return super().write_message(message, binary)
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        """Tornado's, after the frames the hub queued for this client."""
+        if isinstance(self._live, WebSocket):
+            self._live.flush()
+        super().close(code, reason)
 
     def on_connection_close(self) -> None:
         """Tornado calls this when the client goes away: its subscriptions end at once."""
