@@ -66,6 +66,7 @@ def counts() -> Counts:
         ("tornado_live_pending_announcements_total", {}),
         ("tornado_live_publish_seconds_count", {}),
         ("tornado_live_rate_limited_total", {}),
+        ("tornado_live_writes_total", {}),
     )
 
 
@@ -102,9 +103,12 @@ async def test_events_to_subscribers_are_counted_once_each(live_connect: Any, hu
     assert value("tornado_live_connections", transport="websocket") == sockets + 3
     assert value("tornado_live_subscriptions") >= 3
     assert hub.channels == {"users"}
+    burst = counts()
+    # Four events in one turn of the loop: each client's four frames go in one write.
     events = [await hub.publish("users", "updated_user", {"n": n}) for n in range(4)]
     for client in clients:
         assert [(await client.receive())["offset"] for _ in range(4)] == [1, 2, 3, 4]
+    assert burst.delta("tornado_live_writes_total") == 3
     assert before.delta("tornado_live_events_published_total") == 4
     assert before.delta("tornado_live_publish_seconds_count") == 4
     assert before.delta("tornado_live_events_delivered_total") == 4 * 3
@@ -261,6 +265,7 @@ def test_the_demo_serves_metrics_that_parse() -> None:
         "tornado_live_events_delivered",
         "tornado_live_bytes_sent",
         "tornado_live_slow_consumers",
+        "tornado_live_writes",
         "tornado_live_refused",
         "tornado_live_rate_limited",
         "tornado_live_recoveries",

@@ -34,6 +34,11 @@ DELIVERED: Final = Counter(
 SENT: Final = Counter(
     "tornado_live_bytes_sent", "Bytes of the event frames handed to local connections."
 )
+WRITES: Final = Counter(
+    "tornado_live_writes",
+    "WebSocket writes: each carries every frame queued to one connection in one loop turn "
+    "(fewer than frames under bursts).",
+)
 SLOW: Final = Counter(
     "tornado_live_slow_consumers",
     "Connections cut off for leaving more than live_max_pending bytes unread.",
@@ -107,6 +112,11 @@ def delivered(count: int, size: int) -> None:
     """``count`` frames of ``size`` bytes each handed to connections."""
     DELIVERED.inc(count)
     SENT.inc(count * size)
+
+
+def written(count: int) -> None:
+    """``count`` connections had their queued frames written (one loop turn)."""
+    WRITES.inc(count)
 
 
 def recovery(recovered: bool) -> None:

@@ -179,6 +179,7 @@ class _Writes:
                 socket.flush()
             except Exception:  # flush never raises; should it, the others still get theirs
                 log.exception("writing to %r failed", socket)
+        metrics.written(len(due))
 
 
 _LOOPS: Final[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Writes]] = (
