@@ -20,6 +20,7 @@ import asyncio
 import logging
 import random
 import struct
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, TypeVar, cast
 
@@ -347,6 +348,43 @@ class _MaskedOnly(WebSocketProtocol13):
     away, or sent an unmasked frame) ends the loop as Tornado's does.
     """
 
+    def start_pinging(self) -> None:
+        """Ping every ``ping_interval`` seconds, closing when no pong came within
+        ``ping_timeout``, as Tornado does, but through the loop's `_Pings` rather than an
+        asyncio task of its own (a task, its coroutine and its sleep cost about a KiB per
+        idle connection)."""
+        interval = self.ping_interval
+        if interval > 0 and not self.is_closing():
+            _pings().add(self, asyncio.get_running_loop().time() + interval, None)
+
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        super().close(code, reason)
+        try:
+            pings = _PINGS.get(asyncio.get_running_loop())
+        except RuntimeError:  # no loop runs: its timers are gone with it
+            return
+        if pings is not None:
+            pings.drop(self)
+
+    def _ping_due(self, pinged: float | None) -> None:
+        """Called by `_Pings`: send a ping (``pinged`` is None), or see whether the ping
+        sent at ``pinged`` was answered, as Tornado 6.6's ``periodic_ping`` does."""
+        if self.is_closing():
+            return
+        interval, timeout = self.ping_interval, self.ping_timeout
+        now = asyncio.get_running_loop().time()
+        if pinged is None:
+            self._received_pong = False
+            try:
+                self.write_ping(b"")
+            except StreamClosedError:
+                return
+            _pings().add(self, now + timeout, now)
+        elif timeout > 0 and not self._received_pong:
+            self.close(reason="ping timed out")
+        else:
+            _pings().add(self, max(now, pinged + interval), None)
+
     async def _receive_frame_loop(self) -> None:
         stream = self.stream
         try:
@@ -418,6 +456,66 @@ class _MaskedOnly(WebSocketProtocol13):
             self._abort()
         finally:
             self.handler.on_ws_connection_close(self.close_code, self.close_reason)
+
+
+class _Pings:
+    """The pings of every `_MaskedOnly` connection of one event loop, on shared timers.
+
+    Connections due within the same `RESOLUTION` share one timer (so they are pinged up to
+    that much later than their own interval says). Each connection costs two dict
+    entries here instead of an asyncio task, coroutine and sleep.
+    """
+
+    #: Seconds of one bucket of connections due at about the same time.
+    RESOLUTION: Final = 0.05
+
+    __slots__ = ("buckets", "loop", "where")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        # tick -> connection -> when its last ping was sent (None: ping it now)
+        self.buckets: dict[int, dict[_MaskedOnly, float | None]] = {}
+        self.where: dict[_MaskedOnly, int] = {}  # connection -> its tick
+
+    def add(self, websocket: _MaskedOnly, when: float, pinged: float | None) -> None:
+        """Call ``websocket._ping_due(pinged)`` at about ``when`` (loop time)."""
+        self.drop(websocket)
+        tick = -int(-when // self.RESOLUTION)  # rounded up: never early
+        bucket = self.buckets.get(tick)
+        if bucket is None:
+            bucket = self.buckets[tick] = {}
+            self.loop.call_at(tick * self.RESOLUTION, self._due, tick)
+        bucket[websocket] = pinged
+        self.where[websocket] = tick
+
+    def drop(self, websocket: _MaskedOnly) -> None:
+        """Forget ``websocket`` (it closed)."""
+        tick = self.where.pop(websocket, None)
+        if tick is not None:
+            self.buckets.get(tick, {}).pop(websocket, None)
+
+    def _due(self, tick: int) -> None:
+        for websocket, pinged in self.buckets.pop(tick, {}).items():
+            if self.where.get(websocket) == tick:
+                del self.where[websocket]
+            try:
+                websocket._ping_due(pinged)
+            except Exception:
+                log.exception("pinging %s failed", websocket.handler)
+
+
+_PINGS: Final[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pings]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _pings() -> _Pings:
+    """The running loop's `_Pings`."""
+    loop = asyncio.get_running_loop()
+    found = _PINGS.get(loop)
+    if found is None:
+        found = _PINGS[loop] = _Pings(loop)
+    return found
 
 
 def masked_only(
