@@ -337,6 +337,48 @@ async def test_an_unmasked_client_frame_closes_with_1002(http_server: Any, base_
     assert int.from_bytes(rest[2:4], "big") == 1002
 
 
+# -- pings -------------------------------------------------------------------------------------
+
+
+async def raw_websocket(base_url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A handshake on ``/live`` by hand: a client that answers nothing unless told to."""
+    host, port = base_url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET /live HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101")
+    return reader, writer
+
+
+@gen_test
+async def test_pings_keep_an_answering_client_and_close_a_silent_one(
+    http_server: Any, base_url: str, app: tornado.web.Application
+) -> None:
+    app.settings.update(live_ping_interval=0.2, live_ping_timeout=0.2)
+    answering, silent = await raw_websocket(base_url), await raw_websocket(base_url)
+    started = time.monotonic()
+    pings = []
+    while time.monotonic() - started < 0.7:  # three intervals: pinged each time, answered
+        frame = await asyncio.wait_for(answering[0].readexactly(2), 1)
+        assert frame == b"\x89\x00", frame  # an empty ping
+        pings.append(time.monotonic() - started)
+        answering[1].write(b"\x8a\x80" + os.urandom(4))  # a masked, empty pong
+    assert 0.15 < pings[0] < 0.4, pings
+    assert len(pings) >= 3, pings
+    reason = b"ping timed out"  # the silent one was pinged once, then closed (code 1000)
+    close = bytes((0x88, 2 + len(reason))) + (1000).to_bytes(2, "big") + reason
+    assert await asyncio.wait_for(silent[0].readexactly(2 + len(close)), 1) == b"\x89\x00" + close
+    answering[1].write(b"\x88\x82" + bytes(4) + (1000).to_bytes(2, "big"))
+    assert (await asyncio.wait_for(answering[0].read(), 1))[:1] == b"\x88"  # closed cleanly
+    for _, writer in (answering, silent):
+        writer.close()
+
+
 # -- event streams -----------------------------------------------------------------------------
 
 

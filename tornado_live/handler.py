@@ -274,11 +274,26 @@ class LiveMixin(_Base):
                 metrics.socket(self)
                 # get() returns when the connection ends (after its last message was
                 # handled): until then the hub counts it open, for a graceful shutdown to
-                # close and await.
+                # close and await. The handshake is awaited here, not in a coroutine of
+                # its own: every coroutine of this chain stays suspended, and costs
+                # memory, for as long as the connection is open.
                 transport = self._live_socket()
                 self.hub.attach(transport)
                 try:
-                    await self._live_websocket(*args, **kwargs)
+                    token = self.get_query_argument("token", None)
+                    try:
+                        if token is not None:
+                            await self._live_authenticate(protocol.check_token(token), None)
+                    except Refused as exc:
+                        self._live_respond(exc.frame(), _STATUS.get(exc.code, 400))
+                        return
+                    await self._live_identify()
+                    try:
+                        await super().get(*args, **kwargs)
+                    finally:
+                        if self.ws_connection is None or self.ws_connection.is_closing():
+                            transport.closed()  # a refused handshake, or the socket's end
+                            self._live_expire_at(None)
                 finally:
                     self.hub.detach(transport)
         finally:
@@ -586,25 +601,6 @@ class LiveMixin(_Base):
         finally:
             self._live_expire_at(None)
 
-    async def _live_websocket(self, *args: Any, **kwargs: Any) -> None:
-        """The WebSocket handshake, once a ``?token=`` (if any) was accepted, with the
-        transport made first so that the hub knows the connection's user from the start."""
-        token = self.get_query_argument("token", None)
-        try:
-            if token is not None:
-                await self._live_authenticate(protocol.check_token(token), None)
-        except Refused as exc:
-            self._live_respond(exc.frame(), _STATUS.get(exc.code, 400))
-            return
-        transport = self._live_socket()
-        await self._live_identify()
-        try:
-            await super().get(*args, **kwargs)
-        finally:
-            if self.ws_connection is None or self.ws_connection.is_closing():
-                transport.closed()  # a refused handshake, or the socket's end
-                self._live_expire_at(None)
-
     async def _live_authenticate(self, token: str, id: Id) -> float | None:
         """Ask `authenticate`; on success the user becomes ``current_user`` and the expiry is
         set (returned). A token of another user than the connection's is refused."""
@@ -691,6 +687,10 @@ class LiveMixin(_Base):
             except Refused:
                 return False
 
+        # The hub keeps the policy for as long as the subscription lasts (a closure and its
+        # cells, about 200 bytes each); the default can_subscribe allows every channel, so
+        # asking it again could never revoke anything.
+        default = type(self).can_subscribe is LiveMixin.can_subscribe
         try:
             await self.hub.subscribe(
                 transport,
@@ -699,7 +699,7 @@ class LiveMixin(_Base):
                 epoch=epoch,
                 id=id,
                 snapshot=state if snapshot else None,
-                policy=allowed,
+                policy=None if default else allowed,
             )
         except Refused:
             raise

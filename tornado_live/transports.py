@@ -22,9 +22,10 @@ import random
 import struct
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Final, TypeVar, cast
 
 from tornado.iostream import IOStream, StreamBufferFullError, StreamClosedError
+from tornado.util import _websocket_mask
 from tornado.websocket import WebSocketClosedError, WebSocketProtocol13
 
 from . import metrics, protocol
@@ -37,6 +38,11 @@ if TYPE_CHECKING:
     import tornado.websocket
 
 log = logging.getLogger("tornado_live.transports")
+
+#: Tornado 6.6's frame loop yields to the event loop after this much work, each frame
+#: counted as its size plus a fixed cost (tornado.websocket's private constants).
+_YIELD_THRESHOLD: Final = 256 * 1024
+_FRAME_YIELD_COST: Final = 1024
 
 #: Bytes of framing a frame needs beyond its own length: a WebSocket header; an
 #: event-stream message's ``id: <epoch>:<offset>`` and ``data:`` lines.
@@ -439,29 +445,187 @@ def streamed(cls: T) -> T:
 
 
 class _MaskedOnly(WebSocketProtocol13):
-    """Tornado 6.6's protocol, closing the connection (1002) on an unmasked client frame.
+    """Tornado 6.6's protocol, closing the connection (1002) on an unmasked client frame,
+    with its frame reader in one coroutine.
 
     RFC 6455 5.1: "a server MUST close the connection upon receiving a frame that is not
-    masked"; Tornado reads them as if they were masked. The check hooks the private
-    ``_receive_frame`` (one frame) and ``_read_bytes`` (its first read is the 2-byte
-    header, whose second byte carries the mask bit); a StreamClosedError raised there
-    ends Tornado's frame loop as a dropped connection does.
+    masked"; Tornado reads them as if they were masked. Tornado's private
+    ``_receive_frame_loop`` awaits ``_receive_frame`` (one frame), which awaits
+    ``_read_bytes`` for each piece of it: three coroutines suspended per idle connection,
+    five with hooks wrapped around them. So this loop reads the frames itself, as Tornado
+    6.6's ``_receive_frame`` does (same checks, same order, same close codes), and hands
+    each message to Tornado's ``_handle_message``. A StreamClosedError (the client went
+    away, or sent an unmasked frame) ends the loop as Tornado's does.
     """
 
-    _header = False
+    def start_pinging(self) -> None:
+        """Ping every ``ping_interval`` seconds, closing when no pong came within
+        ``ping_timeout``, as Tornado does, but through the loop's `_Pings` rather than an
+        asyncio task of its own (a task, its coroutine and its sleep cost about a KiB per
+        idle connection)."""
+        interval = self.ping_interval
+        if interval > 0 and not self.is_closing():
+            _pings().add(self, asyncio.get_running_loop().time() + interval, None)
 
-    async def _receive_frame(self) -> None:
-        self._header = True
-        await super()._receive_frame()
+    def close(self, code: int | None = None, reason: str | None = None) -> None:
+        super().close(code, reason)
+        try:
+            pings = _PINGS.get(asyncio.get_running_loop())
+        except RuntimeError:  # no loop runs: its timers are gone with it
+            return
+        if pings is not None:
+            pings.drop(self)
 
-    async def _read_bytes(self, n: int) -> bytes:
-        data = await super()._read_bytes(n)
-        if self._header:
-            self._header = False
-            if not data[1] & 0x80:
-                self.close(1002, "client frames must be masked")
-                raise StreamClosedError()
-        return data
+    def _ping_due(self, pinged: float | None) -> None:
+        """Called by `_Pings`: send a ping (``pinged`` is None), or see whether the ping
+        sent at ``pinged`` was answered, as Tornado 6.6's ``periodic_ping`` does."""
+        if self.is_closing():
+            return
+        interval, timeout = self.ping_interval, self.ping_timeout
+        now = asyncio.get_running_loop().time()
+        if pinged is None:
+            self._received_pong = False
+            try:
+                self.write_ping(b"")
+            except StreamClosedError:
+                return
+            _pings().add(self, now + timeout, now)
+        elif timeout > 0 and not self._received_pong:
+            self.close(reason="ping timed out")
+        else:
+            _pings().add(self, max(now, pinged + interval), None)
+
+    async def _receive_frame_loop(self) -> None:
+        stream = self.stream
+        try:
+            work = 0  # bytes since the last yield to the loop (Tornado's _YIELD_THRESHOLD)
+            while not self.client_terminated:
+                data = await stream.read_bytes(2)
+                size = 2
+                header, length = data[0], data[1]
+                if not length & 0x80:
+                    self.close(1002, "client frames must be masked")
+                    raise StreamClosedError()
+                final = header & self.FIN
+                reserved = header & self.RSV_MASK
+                opcode = header & self.OPCODE_MASK
+                control = opcode & 0x8
+                if self._decompressor is not None and opcode != 0:
+                    # The first frame's header says whether the message is compressed.
+                    self._frame_compressed = bool(reserved & self.RSV1)
+                    reserved &= ~self.RSV1
+                length &= 0x7F
+                if reserved or (control and length >= 126):
+                    self._abort()  # an extension never negotiated; a control frame >125
+                    break
+                if length == 126:
+                    length = struct.unpack("!H", await stream.read_bytes(2))[0]
+                    size += 2
+                elif length == 127:
+                    length = struct.unpack("!Q", await stream.read_bytes(8))[0]
+                    size += 8
+                fragments = self._fragmented_message_buffer
+                if length + (0 if fragments is None else len(fragments)) > (
+                    self.params.max_message_size
+                ):
+                    self.close(1009, "message too big")
+                    self._abort()
+                    break
+                mask = await stream.read_bytes(4)
+                data = _websocket_mask(mask, await stream.read_bytes(length))
+                size += 4 + length
+                self._wire_bytes_in += size
+                if control:
+                    if not final:
+                        self._abort()  # control frames must not be fragmented
+                        break
+                elif opcode == 0:  # a continuation frame
+                    if fragments is None:
+                        self._abort()  # nothing to continue
+                        break
+                    fragments.extend(data)
+                    if final:
+                        opcode = cast("int", self._fragmented_message_opcode)
+                        data = bytes(fragments)
+                        self._fragmented_message_buffer = None
+                elif fragments is not None:
+                    self._abort()  # a new message before the last one was finished
+                    break
+                elif not final:
+                    self._fragmented_message_opcode = opcode  # type: ignore[assignment]
+                    self._fragmented_message_buffer = bytearray(data)
+                if final:
+                    handled = self._handle_message(opcode, data)
+                    if handled is not None:
+                        await handled
+                work += _FRAME_YIELD_COST + size
+                if work >= _YIELD_THRESHOLD:
+                    work = 0
+                    await asyncio.sleep(0)
+        except StreamClosedError:
+            self._abort()
+        finally:
+            self.handler.on_ws_connection_close(self.close_code, self.close_reason)
+
+
+class _Pings:
+    """The pings of every `_MaskedOnly` connection of one event loop, on shared timers.
+
+    Connections due within the same `RESOLUTION` share one timer (so they are pinged up to
+    that much later than their own interval says). Each connection costs two dict
+    entries here instead of an asyncio task, coroutine and sleep.
+    """
+
+    #: Seconds of one bucket of connections due at about the same time.
+    RESOLUTION: Final = 0.05
+
+    __slots__ = ("buckets", "loop", "where")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        # tick -> connection -> when its last ping was sent (None: ping it now)
+        self.buckets: dict[int, dict[_MaskedOnly, float | None]] = {}
+        self.where: dict[_MaskedOnly, int] = {}  # connection -> its tick
+
+    def add(self, websocket: _MaskedOnly, when: float, pinged: float | None) -> None:
+        """Call ``websocket._ping_due(pinged)`` at about ``when`` (loop time)."""
+        self.drop(websocket)
+        tick = -int(-when // self.RESOLUTION)  # rounded up: never early
+        bucket = self.buckets.get(tick)
+        if bucket is None:
+            bucket = self.buckets[tick] = {}
+            self.loop.call_at(tick * self.RESOLUTION, self._due, tick)
+        bucket[websocket] = pinged
+        self.where[websocket] = tick
+
+    def drop(self, websocket: _MaskedOnly) -> None:
+        """Forget ``websocket`` (it closed)."""
+        tick = self.where.pop(websocket, None)
+        if tick is not None:
+            self.buckets.get(tick, {}).pop(websocket, None)
+
+    def _due(self, tick: int) -> None:
+        for websocket, pinged in self.buckets.pop(tick, {}).items():
+            if self.where.get(websocket) == tick:
+                del self.where[websocket]
+            try:
+                websocket._ping_due(pinged)
+            except Exception:
+                log.exception("pinging %s failed", websocket.handler)
+
+
+_PINGS: Final[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pings]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _pings() -> _Pings:
+    """The running loop's `_Pings`."""
+    loop = asyncio.get_running_loop()
+    found = _PINGS.get(loop)
+    if found is None:
+        found = _PINGS[loop] = _Pings(loop)
+    return found
 
 
 def masked_only(
