@@ -694,7 +694,6 @@ class Document:
         idempotency key ``<name>:<id>:<version>``, so every subscriber receives it once.
         Writes still pending because the broker is still unreachable stay pending.
         """
-        binding = cls._bound()
         due = await cls._pending()
         if due and grace > 0:
             await asyncio.sleep(grace)

@@ -579,10 +579,10 @@ class _Pings:
     #: Seconds of one bucket of connections due at about the same time.
     RESOLUTION: Final = 0.05
 
-    __slots__ = ("buckets", "loop", "where")
+    __slots__ = ("__weakref__", "buckets", "where")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+    def __init__(self) -> None:
+        # (No reference to its loop: the loop is the key of _PINGS, a weak one.)
         # tick -> connection -> when its last ping was sent (None: ping it now)
         self.buckets: dict[int, dict[_MaskedOnly, float | None]] = {}
         self.where: dict[_MaskedOnly, int] = {}  # connection -> its tick
@@ -594,7 +594,7 @@ class _Pings:
         bucket = self.buckets.get(tick)
         if bucket is None:
             bucket = self.buckets[tick] = {}
-            self.loop.call_at(tick * self.RESOLUTION, self._due, tick)
+            asyncio.get_running_loop().call_at(tick * self.RESOLUTION, self._due, tick)
         bucket[websocket] = pinged
         self.where[websocket] = tick
 
@@ -624,7 +624,7 @@ def _pings() -> _Pings:
     loop = asyncio.get_running_loop()
     found = _PINGS.get(loop)
     if found is None:
-        found = _PINGS[loop] = _Pings(loop)
+        found = _PINGS[loop] = _Pings()
     return found
 
 
