@@ -714,8 +714,7 @@ class Document:
         await binding.marks.flush()  # this process's own announced writes are not due
         cursor = binding.collection.find({PENDING: True}, sort=[("_id", 1)])
         return {
-            (_digest(document["_id"]), document.get(VERSION)): document
-            async for document in cursor
+            (_digest(document["_id"]), document.get(VERSION)): document async for document in cursor
         }
 
     @classmethod
