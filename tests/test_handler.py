@@ -382,6 +382,55 @@ class TestCompression:
             connection.close()
 
 
+class Ordered(LiveHandler):
+    """Writes of its own right after an event the hub queued in the same loop turn."""
+
+    @message
+    async def write_after(self, data: Any) -> None:
+        await self.hub.publish("users", "updated_user", {"n": data})
+        self.write_message(json.dumps({"type": "written", "n": data}))
+
+    @message
+    async def close_after(self, data: Any) -> None:
+        for n in range(data):
+            await self.hub.publish("users", "updated_user", {"n": n})
+        self.close(4000, "done")
+
+
+class TestQueuedFrames:
+    """Frames the hub hands a connection wait for the end of the loop's turn; whatever
+    the handler writes or closes meanwhile comes after them, never before."""
+
+    @pytest.fixture
+    def app(self, hub: Hub) -> tornado.web.Application:
+        return tornado.web.Application([(r"/live", Ordered, {"hub": hub})])
+
+    async def test_a_write_of_the_handler_follows_the_events_queued_before_it(
+        self, live_connect: Any
+    ) -> None:
+        client = await live_connect("/live")
+        await client.subscribe("users")
+        for n in range(3):
+            await client.send("write_after", n)
+        frames = [await client.receive() for _ in range(6)]
+        assert [(f["type"], f.get("data", f)["n"]) for f in frames] == [
+            ("updated_user", 0),
+            ("written", 0),
+            ("updated_user", 1),
+            ("written", 1),
+            ("updated_user", 2),
+            ("written", 2),
+        ]
+
+    async def test_a_close_follows_the_events_queued_before_it(self, live_connect: Any) -> None:
+        client = await live_connect("/live")
+        await client.subscribe("users")
+        await client.send("close_after", 50)
+        events = [await client.receive() for _ in range(50)]
+        assert [event["data"]["n"] for event in events] == list(range(50))
+        assert await client.wait_closed() == 4000
+
+
 async def test_a_burst_beyond_the_limit_keeps_fast_clients(live_connect: Any, hub: Hub) -> None:
     # 256 KiB of events published back to back, without the IOLoop running in between:
     # what the operating system takes is not "pending", so readers are not cut off.
