@@ -86,6 +86,22 @@ async def test_two_processes_share_offsets_and_each_delivers_every_event_once(
     assert [e.frame for e in missed.events] == [e.frame for e in inbox_b.events[45:]]
 
 
+@pytest.mark.gen_test(timeout=30)
+async def test_a_burst_of_concurrent_publishes_queues_for_connections_and_all_go_out(
+    make: MakeBroker, redis_server: str, prefix: str
+) -> None:
+    # Far more publishes in flight than the broker opens connections (redis-py's own pool
+    # refused the 101st with "Too many connections"): they wait their turn instead.
+    broker = make(redis_server, prefix=prefix)
+    inbox = Inbox()
+    await broker.subscribe("users", inbox, inbox.gap)
+    events = await asyncio.gather(
+        *(broker.publish("users", "updated_user", b'{"n": %d}' % n) for n in range(300))
+    )
+    assert sorted(e.offset for e in events) == list(range(1, 301))
+    assert [e.offset for e in await inbox.wait(300)] == list(range(1, 301))
+
+
 @pytest.mark.gen_test
 async def test_each_event_is_decoded_once_per_process(
     make: MakeBroker, redis_server: str, prefix: str

@@ -95,7 +95,7 @@ from dataclasses import astuple, dataclass, field
 from typing import Any, Final, NoReturn
 from urllib.parse import urlsplit
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -106,6 +106,12 @@ from ..protocol import Event, Position, check_channel, check_key, check_type
 from . import Deliver, Gap, History, Listener, PublishError
 
 log = logging.getLogger("tornado_live.brokers")
+
+#: Connections one broker opens for its commands at most (publishes, history reads). A
+#: command beyond them waits for one to be free (up to the broker's ``timeout``), so a
+#: burst of publishes queues rather than fails: redis-py's own pool refuses the 101st
+#: command in flight ("Too many connections").
+CONNECTIONS: Final = 32
 
 # Both scripts start by making sure the channel's epoch and offset exist together.
 # KEYS: offset, epoch, events. ARGV[1]: a fresh epoch token, ARGV[2]: retention (ms).
@@ -300,13 +306,17 @@ class RedisBroker:
         self.backoff = backoff
         # No retries anywhere: a retried script could publish an event twice, and the
         # reader reconnects (and resubscribes) by itself.
-        self._redis = Redis.from_url(
+        pool = BlockingConnectionPool.from_url(
             url,
+            max_connections=CONNECTIONS,
+            timeout=timeout,  # for a free connection
             protocol=2,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0, supported_errors=()),
         )
+        self._redis = Redis(connection_pool=pool)
+        self._redis.auto_close_connection_pool = True  # aclose() disconnects the pool
         self._publish = self._redis.register_script(PUBLISH)
         self._history = self._redis.register_script(HISTORY)
         self._refresh = self._redis.register_script(REFRESH)
