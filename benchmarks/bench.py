@@ -103,6 +103,15 @@ PEERS = (
         redis=True,
     ),
     Peer(
+        "live-redis-delay",
+        "tornado_live (Redis, 2 ms write delay)",
+        lambda: [*python("tornado_live_server.py")(), "--write-delay", "0.002"],
+        "/ws",
+        "live",
+        "the Redis broker with `live_write_delay=0.002`: events arriving within 2 ms share writes",
+        redis=True,
+    ),
+    Peer(
         "naive",
         "naive Tornado loop",
         python("naive_server.py"),

@@ -416,3 +416,30 @@ async def test_an_event_stream_is_counted_while_it_is_served(
     await writer.wait_closed()
     await wait_until(lambda: value("tornado_live_connections", transport="event_stream") == streams)
     assert hub.subscribers("users") == 0
+
+
+class TestWriteDelay:
+    """``live_write_delay``: frames arriving one by one within it share one write."""
+
+    @pytest.fixture
+    def app(self, hub: Hub) -> tornado.web.Application:
+        return tornado.web.Application([(r"/live", Live, {"hub": hub})], live_write_delay=0.3)
+
+    @pytest.mark.gen_test(timeout=20)
+    async def test_events_apart_within_the_delay_share_a_write(
+        self, live_connect: Any, hub: Hub
+    ) -> None:
+        clients = [await live_connect("/live") for _ in range(2)]
+        for client in clients:
+            await client.subscribe("users")
+        before = counts()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for n in range(3):  # three turns of the loop apart
+            await hub.publish("users", "updated_user", {"n": n})
+            await asyncio.sleep(0.02)
+        for client in clients:
+            assert [(await client.receive())["data"]["n"] for _ in range(3)] == [0, 1, 2]
+        assert loop.time() - started >= 0.3  # held for the delay
+        assert before.delta("tornado_live_writes_total") == 2  # one per client
+        assert before.delta("tornado_live_events_delivered_total") == 6

@@ -54,6 +54,12 @@ MAX_CHANNELS: Final = 100
 #: Bytes queued to a client that is not reading before it is disconnected with code 1013
 #: (setting ``live_max_pending``). It reconnects and recovers with ``since``.
 MAX_PENDING: Final = 1024 * 1024
+#: Seconds a WebSocket's queued frames may wait before they are written (setting
+#: ``live_write_delay``): 0 writes them at the end of the event loop's turn, every frame
+#: of a burst in one write per connection. A delay (Centrifugo's ``write_delay``) lets
+#: events that arrive one by one, from Redis say, share writes too, for at most that
+#: much more latency; at most 1 second.
+WRITE_DELAY: Final = 0.0
 #: Seconds between pings that find dead peers (setting ``live_ping_interval``; also the
 #: event stream's keep-alive comment). A peer that does not answer within
 #: ``live_ping_timeout`` seconds (default: the interval) is closed.
@@ -105,6 +111,14 @@ def message(target: Any, /) -> Any:
     return declare(target, getattr(target, "__name__", ""))
 
 
+def _write_delay(value: Any) -> float:
+    """The ``live_write_delay`` setting, checked: seconds from 0 to 1."""
+    delay = float(value)
+    if not 0 <= delay <= 1:
+        raise ValueError(f"live_write_delay is seconds from 0 to 1; got {value!r}")
+    return delay
+
+
 @streamed  # POST bodies arrive through data_received, bounded before they are read
 class LiveMixin(_Base):
     """Adds the tornado_live protocol to a `tornado.websocket.WebSocketHandler`.
@@ -124,7 +138,8 @@ class LiveMixin(_Base):
     application setting. Settings read here, all optional: ``live_max_message_size``,
     ``live_max_channels``, ``live_max_pending``, ``live_ping_interval``,
     ``live_ping_timeout``, ``live_rate_limit``, ``live_rate_burst``,
-    ``live_max_connections``, ``live_retry_after`` and ``live_idle_timeout`` (see
+    ``live_max_connections``, ``live_retry_after``, ``live_idle_timeout`` and
+    ``live_write_delay`` (see
     `tornado_live.limits`); Tornado's own ``websocket_*`` settings are left to the
     application's other WebSocket handlers.
     """
@@ -464,7 +479,12 @@ class LiveMixin(_Base):
 
     def _live_socket(self) -> WebSocket | EventStream:
         if self._live is None:
-            self._live = WebSocket(self, self.hub, self._setting("live_max_pending", MAX_PENDING))
+            self._live = WebSocket(
+                self,
+                self.hub,
+                self._setting("live_max_pending", MAX_PENDING),
+                _write_delay(self.settings.get("live_write_delay", WRITE_DELAY)),
+            )
         return self._live
 
     def _live_admit(self, transport: WebSocket | EventStream, message: str | bytes) -> bool:
@@ -849,6 +869,7 @@ __all__ = [
     "PING_INTERVAL",
     "SNAPSHOT_LIMIT",
     "STATIC_PATH",
+    "WRITE_DELAY",
     "Grant",
     "LiveHandler",
     "LiveMixin",

@@ -60,7 +60,10 @@ class WebSocket:
     callback per frame; what the socket does not take goes to the stream's buffer, which
     Tornado writes when the socket is writable. So a burst of events, or a model save
     published to two channels a connection holds, costs one write per connection, not one
-    per frame, and no frame waits longer than the rest of the loop's turn.
+    per frame, and no frame waits longer than the rest of the loop's turn. With a
+    ``delay`` (the ``live_write_delay`` setting, seconds), the queues are written that
+    long after their first frame instead: events that arrive one by one (from Redis, say)
+    share writes too, for that much more latency.
 
     A queue is written at once when it passes ``live_max_pending``; the stream's buffer
     is capped at that size, and a client that leaves that much unread is closed (1013).
@@ -69,14 +72,20 @@ class WebSocket:
 
     __slots__ = ("handler", "hub", "limit", "plain", "queue", "queued", "writes")
 
-    def __init__(self, handler: tornado.websocket.WebSocketHandler, hub: Hub, limit: int) -> None:
+    def __init__(
+        self,
+        handler: tornado.websocket.WebSocketHandler,
+        hub: Hub,
+        limit: int,
+        delay: float = 0.0,
+    ) -> None:
         self.handler = handler
         self.hub = hub
         self.limit = limit
         self.plain = handler.get_compression_options() is None
         self.queue: list[bytes] = []  # wire frames not yet written
         self.queued = 0  # their bytes
-        self.writes = _writes()
+        self.writes = _writes(delay)
 
     def send(self, frame: bytes, position: Position | None = None) -> None:
         """Queue one frame for the client; never blocks, never raises."""
@@ -165,17 +174,22 @@ class WebSocket:
 
 
 class _Writes:
-    """The WebSocket transports of one event loop with frames queued in this turn of it:
-    the first queued frame asks the loop for one callback, which writes them all."""
+    """The WebSocket transports of one event loop with frames queued: the first queued
+    frame asks the loop for one callback, at the end of this turn (or ``delay`` seconds
+    later), which writes them all."""
 
-    __slots__ = ("__weakref__", "due")
+    __slots__ = ("delay", "due")
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
         self.due: list[WebSocket] = []
 
     def add(self, socket: WebSocket) -> None:
         if not self.due:
-            asyncio.get_running_loop().call_soon(self.run)
+            if self.delay > 0:
+                asyncio.get_running_loop().call_later(self.delay, self.run)
+            else:
+                asyncio.get_running_loop().call_soon(self.run)
         self.due.append(socket)
 
     def run(self) -> None:
@@ -188,18 +202,22 @@ class _Writes:
         metrics.written(len(due))
 
 
-_LOOPS: Final[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Writes]] = (
+_LOOPS: Final[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, _Writes]]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _writes() -> _Writes:
-    """The running loop's `_Writes` (a transport is made in its loop, and stays there)."""
+def _writes(delay: float) -> _Writes:
+    """The running loop's `_Writes` for ``delay`` (a transport is made in its loop, and
+    stays there)."""
     loop = asyncio.get_running_loop()
     writes = _LOOPS.get(loop)
     if writes is None:
-        writes = _LOOPS[loop] = _Writes()
-    return writes
+        writes = _LOOPS[loop] = {}
+    found = writes.get(delay)
+    if found is None:
+        found = writes[delay] = _Writes(delay)
+    return found
 
 
 class EventStream:

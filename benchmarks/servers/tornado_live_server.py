@@ -97,7 +97,7 @@ class PollHandler(tornado.web.RequestHandler):
         self.write(State.last)
 
 
-async def serve(port: int, redis: str | None, mongo: str | None) -> None:
+async def serve(port: int, redis: str | None, mongo: str | None, write_delay: float) -> None:
     hub = Hub(RedisBroker(redis) if redis else None)
     routes: list[Any] = [
         (r"/ws", LiveHandler, {"hub": hub}),
@@ -109,7 +109,7 @@ async def serve(port: int, redis: str | None, mongo: str | None) -> None:
         client = AsyncMongoClient(mongo)
         users = BenchUser.bind(client["bench"]["users"], hub)
         routes.append((r"/save", SaveHandler, {"hub": hub, "users": users}))
-    app = tornado.web.Application(routes)
+    app = tornado.web.Application(routes, live_write_delay=write_delay)
     sockets = tornado.netutil.bind_sockets(port, "127.0.0.1")
     server = tornado.httpserver.HTTPServer(app)
     server.add_sockets(sockets)
@@ -131,5 +131,6 @@ if __name__ == "__main__":
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--redis", help="a redis:// URL: use the Redis broker")
     parser.add_argument("--mongo", help="a mongodb:// URL: serve GET /save (a model)")
+    parser.add_argument("--write-delay", type=float, default=0.0, help="live_write_delay (0)")
     options = parser.parse_args()
-    asyncio.run(serve(options.port, options.redis, options.mongo))
+    asyncio.run(serve(options.port, options.redis, options.mongo, options.write_delay))
