@@ -377,9 +377,10 @@ _EVENT_STREAM: Final = _Once(_event_stream)
 def _websocket_stream(
     connection: tornado.websocket.WebSocketProtocol,
 ) -> IOStream | None:
-    # WebSocketProtocol.stream is undocumented. Writing pre-framed bytes to it is what
-    # makes fan-out cheap (write_message makes a task per message and client), and its
-    # write buffer is the true measure of what a slow client left unread.
+    # WebSocketProtocol.stream is undocumented. Writing pre-framed bytes to it (see
+    # _write) is what makes fan-out cheap (write_message frames every message for every
+    # client again), and its write buffer is the true measure of what a slow client left
+    # unread.
     return connection.stream
 
 
