@@ -317,29 +317,6 @@ def test_fifty_megabyte_posts_do_not_grow_the_demo() -> None:
 # -- unmasked frames ---------------------------------------------------------------------------
 
 
-@gen_test
-async def test_an_unmasked_client_frame_closes_with_1002(http_server: Any, base_url: str) -> None:
-    host, port = base_url.removeprefix("http://").split(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    key = base64.b64encode(os.urandom(16)).decode()
-    writer.write(
-        f"GET /live HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-        "Sec-WebSocket-Version: 13\r\n\r\n".encode()
-    )
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    assert head.startswith(b"HTTP/1.1 101")
-    text = b'{"type": "echo", "id": 1}'
-    writer.write(bytes((0x81, len(text))) + text)  # no mask bit
-    rest = await asyncio.wait_for(reader.read(), 5)  # everything until the TCP close
-    writer.close()
-    assert rest[0] == 0x88, rest  # a close frame, and no reply before it
-    assert int.from_bytes(rest[2:4], "big") == 1002
-
-
-# -- pings -------------------------------------------------------------------------------------
-
-
 async def raw_websocket(base_url: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """A handshake on ``/live`` by hand: a client that answers nothing unless told to."""
     host, port = base_url.removeprefix("http://").split(":")
@@ -353,6 +330,95 @@ async def raw_websocket(base_url: str) -> tuple[asyncio.StreamReader, asyncio.St
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     assert head.startswith(b"HTTP/1.1 101")
     return reader, writer
+
+
+@gen_test
+async def test_an_unmasked_client_frame_closes_with_1002(http_server: Any, base_url: str) -> None:
+    reader, writer = await raw_websocket(base_url)
+    text = b'{"type": "echo", "id": 1}'
+    writer.write(bytes((0x81, len(text))) + text)  # no mask bit
+    rest = await asyncio.wait_for(reader.read(), 5)  # everything until the TCP close
+    writer.close()
+    assert rest[0] == 0x88, rest  # a close frame, and no reply before it
+    assert int.from_bytes(rest[2:4], "big") == 1002
+
+
+def masked(opcode: int, payload: bytes, *, final: bool = True, reserved: int = 0) -> bytes:
+    """A masked client frame (RFC 6455 5.2) of any opcode, length and flags."""
+    mask = os.urandom(4)
+    length = len(payload)
+    first = (0x80 if final else 0) | reserved | opcode
+    if length < 126:
+        header = bytes((first, 0x80 | length))
+    elif length < 1 << 16:
+        header = bytes((first, 0x80 | 126)) + length.to_bytes(2, "big")
+    else:
+        header = bytes((first, 0x80 | 127)) + length.to_bytes(8, "big")
+    return header + mask + bytes(byte ^ mask[i % 4] for i, byte in enumerate(payload))
+
+
+ECHO = b'{"type": "echo", "id": 7, "data": "hi"}'
+
+
+@gen_test
+async def test_a_message_in_fragments_with_a_ping_between_is_answered(
+    http_server: Any, base_url: str
+) -> None:
+    reader, writer = await raw_websocket(base_url)
+    writer.write(masked(0x1, ECHO[:10], final=False))
+    writer.write(masked(0x9, b"are you there"))  # control frames may come between
+    writer.write(masked(0x0, ECHO[10:20], final=False))
+    writer.write(masked(0x0, ECHO[20:]))
+    pong = await asyncio.wait_for(reader.readexactly(2 + 13), 5)
+    assert (pong[0], pong[2:]) == (0x8A, b"are you there")
+    head = await asyncio.wait_for(reader.readexactly(2), 5)
+    reply = json.loads(await asyncio.wait_for(reader.readexactly(head[1] & 0x7F), 5))
+    assert (reply["type"], reply["id"], reply["data"]) == ("reply", 7, "hi")
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        pytest.param([masked(0x1, ECHO, reserved=0x40)], id="reserved-bits"),
+        pytest.param([masked(0x9, b"p" * 126)], id="control-frame-over-125"),
+        pytest.param([masked(0x9, b"p", final=False)], id="fragmented-control-frame"),
+        pytest.param([masked(0x0, ECHO)], id="continuation-of-nothing"),
+        pytest.param(
+            [masked(0x1, ECHO[:5], final=False), masked(0x1, ECHO)], id="unfinished-message"
+        ),
+    ],
+)
+@gen_test
+async def test_a_malformed_frame_drops_the_connection_and_nothing_else(
+    http_server: Any, base_url: str, frames: list[bytes], live_connect: Any, hub: Hub
+) -> None:
+    other = await live_connect("/live")
+    await other.subscribe("users")
+    reader, writer = await raw_websocket(base_url)
+    writer.write(b"".join(frames))
+    rest = await asyncio.wait_for(reader.read(), 5)  # the server drops the TCP connection
+    writer.close()
+    assert b"reply" not in rest  # nothing was handled
+    await hub.publish("users", "updated_user", {"n": 1})
+    assert (await other.receive())["data"] == {"n": 1}
+
+
+@gen_test
+async def test_a_frame_over_the_message_size_closes_with_1009(
+    http_server: Any, base_url: str
+) -> None:
+    reader, writer = await raw_websocket(base_url)
+    writer.write(masked(0x1, b"x" * 40_000, final=False))  # within the limit (64 KiB)
+    # A continuation with a 64-bit length: its header alone says the message is too big.
+    writer.write(masked(0x0, b"x" * 70_000)[:10])
+    rest = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    assert rest[0] == 0x88, rest
+    assert int.from_bytes(rest[2:4], "big") == 1009
+
+
+# -- pings -------------------------------------------------------------------------------------
 
 
 @gen_test
