@@ -106,6 +106,9 @@ class Hub:
     def __init__(self, broker: Broker | None = None) -> None:
         self.broker: Broker = MemoryBroker() if broker is None else broker
         self._members: dict[str, dict[Connection, _Member]] = {}
+        # channel -> its members as two tuples, made at the first event after a change:
+        # fan-out then allocates nothing per member, and so never wakes the collector.
+        self._rows: dict[str, tuple[tuple[Connection, ...], tuple[_Member, ...]]] = {}
         self._channels: dict[Connection, set[str]] = {}
         self._active: set[str] = set()  # channels this hub holds a broker subscription for
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
@@ -221,6 +224,7 @@ class Hub:
         member = _Member(policy)
         members = self._members.setdefault(channel, {})
         members[connection] = member
+        self._rows.pop(channel, None)
         self._channels.setdefault(connection, set()).add(channel)
         try:
             await self._hold(channel)
@@ -260,7 +264,7 @@ class Hub:
         member.after = position
         member.held = None
         for event in held:
-            self._send(((connection, member),), event)
+            self._send((connection,), (member,), event)
         return history
 
     async def unsubscribe(self, connection: Connection, channel: str) -> None:
@@ -384,17 +388,25 @@ class Hub:
 
     def _deliver(self, event: Event) -> None:
         """The broker subscription's callback: one event, to every local member."""
-        members = self._members.get(event.channel)
-        if members:
-            self._send(tuple(members.items()), event)
+        rows = self._rows.get(event.channel)
+        if rows is None:
+            members = self._members.get(event.channel)
+            if not members:
+                return
+            rows = self._rows[event.channel] = (tuple(members), tuple(members.values()))
+        self._send(*rows, event)
 
     def _send(
-        self, members: tuple[tuple[Connection, _Member], ...], event: Event, checked: bool = False
+        self,
+        connections: tuple[Connection, ...],
+        members: tuple[_Member, ...],
+        event: Event,
+        checked: bool = False,
     ) -> None:
         frame, position = event.frame, event.position
         offset, epoch = position.offset, position.epoch
         handed = 0
-        for connection, member in members:
+        for connection, member in zip(connections, members, strict=True):
             held = member.held
             if held is not None:
                 held.append(event)
@@ -440,10 +452,10 @@ class Hub:
                 )
             )
             return
-        pair = ((connection, member),)
-        self._send(pair, held[0], checked=True)
+        one, its = (connection,), (member,)
+        self._send(one, its, held[0], checked=True)
         for later in held[1:]:
-            self._send(pair, later)
+            self._send(one, its, later)
 
     def _gap(self, channel: str, position: Position) -> None:
         """The broker lost events of ``channel``: every local subscriber must start over."""
@@ -466,6 +478,7 @@ class Hub:
             del self._channels[connection]
         members = self._members[channel]
         del members[connection]
+        self._rows.pop(channel, None)
         if members:
             return False
         del self._members[channel]
