@@ -105,18 +105,23 @@ class WebSocket:
 
     def flush(self) -> None:
         """Write what is queued now (the loop's turn ends, or the socket closes next)."""
+        if self._drain():
+            metrics.written(1)
+
+    def _drain(self) -> bool:
+        """Write what is queued; True if anything was written."""
         queue = self.queue
         if not queue:
-            return
+            return False
         data = queue[0] if len(queue) == 1 else b"".join(queue)
         queue.clear()
         self.queued = 0
         connection = self.handler.ws_connection
         if connection is None or connection.is_closing():
-            return
+            return False  # closing: what was queued goes no further
         stream = _websocket_stream(connection)
         if stream is None:
-            return
+            return False
         if stream.max_write_buffer_size is None:
             # A documented IOStream argument, set on a stream Tornado made: a write past
             # it raises StreamBufferFullError instead of buffering without bound.
@@ -127,6 +132,7 @@ class WebSocket:
             self._slow()
         except StreamClosedError:
             pass
+        return True
 
     def _deflated(self, frame: bytes) -> None:
         connection = self.handler.ws_connection
@@ -194,12 +200,13 @@ class _Writes:
 
     def run(self) -> None:
         due, self.due = self.due, []
+        written = 0
         for socket in due:
             try:
-                socket.flush()
-            except Exception:  # flush never raises; should it, the others still get theirs
+                written += socket._drain()
+            except Exception:  # it never raises; should it, the others still get theirs
                 log.exception("writing to %r failed", socket)
-        metrics.written(len(due))
+        metrics.written(written)
 
 
 _LOOPS: Final[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, _Writes]]] = (
