@@ -18,32 +18,6 @@ TINY = (
 )
 
 
-def test_the_fanout_benchmark_runs_end_to_end(tmp_path: Path) -> None:
-    report = tmp_path / "report.md"
-    subprocess.run(
-        [
-            sys.executable,
-            "benchmarks/fanout.py",
-            "run",
-            "--clients",
-            "4",
-            "--events",
-            "3",
-            "--rounds",
-            "1",
-            "--output",
-            str(report),
-        ],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    text = report.read_text()
-    for part in ("## live", "## naive", "## Ratios", "live / naive"):
-        assert part in text
-
-
 @pytest.mark.mongo
 def test_the_writes_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     report = tmp_path / "writes.md"
