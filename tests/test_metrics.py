@@ -247,6 +247,25 @@ async def test_an_announcement_left_pending_is_counted(
     assert before.delta("tornado_live_broker_errors_total", broker="redis") >= 1
 
 
+@pytest.mark.gen_test(timeout=30)
+async def test_a_save_to_two_channels_a_client_holds_is_one_write(
+    live_connect: Any, hub: Hub, mongo_server: str, mongo_database: str, closing: Closing
+) -> None:
+    client: AsyncMongoClient[dict[str, Any]] = closing(AsyncMongoClient(mongo_server))
+    Notes = Note.bind(client[mongo_database]["notes"], hub)
+    note = await Notes(text="first").save()
+    page = await live_connect("/live")
+    await page.subscribe("notes")
+    await page.subscribe(f"notes/{note.id}")
+    before = counts()
+    note["text"] = "second"
+    await note.save()  # updated_note to notes and to notes/<id>, in one turn of the loop
+    frames = [await page.receive() for _ in range(2)]
+    assert sorted(frame["channel"] for frame in frames) == ["notes", f"notes/{note.id}"]
+    assert before.delta("tornado_live_events_delivered_total") == 2
+    assert before.delta("tornado_live_writes_total") == 1
+
+
 def test_the_demo_serves_metrics_that_parse() -> None:
     demo = start_demo()
     try:
