@@ -65,6 +65,23 @@ async def test_offsets_are_consecutive_per_channel(make_broker: MakeBroker) -> N
 
 
 @pytest.mark.gen_test
+async def test_a_listener_registered_twice_hears_each_control_message_once(
+    make_broker: MakeBroker,
+) -> None:
+    # Hub.identify registers its listener again after a failed first try.
+    broker = make_broker()
+    heard: list[bytes] = []
+    await broker.listen(heard.append)
+    await broker.listen(heard.append)
+    await broker.control(b'{"order": "revoke", "user": "u", "channel": "c"}')
+    async with asyncio.timeout(5):
+        while not heard:
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.1)
+    assert heard == [b'{"order": "revoke", "user": "u", "channel": "c"}']
+
+
+@pytest.mark.gen_test
 async def test_subscribers_get_every_event_in_order(make_broker: MakeBroker) -> None:
     broker = make_broker()
     first, second, elsewhere = Inbox(), Inbox(), Inbox()

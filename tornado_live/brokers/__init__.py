@@ -122,7 +122,7 @@ class Broker(Protocol):
 
     async def listen(self, listener: Listener) -> None:
         """Call ``listener`` with every control message sent from now on (returns once that
-        holds)."""
+        holds). A listener given again is still called once per message."""
         ...
 
     async def close(self) -> None:

@@ -184,7 +184,8 @@ class MemoryBroker:
                 log.exception("a control listener failed on %.80r", message)
 
     async def listen(self, listener: Listener) -> None:
-        self._listeners.append(listener)
+        if listener not in self._listeners:
+            self._listeners.append(listener)
 
     async def close(self) -> None:
         self._state.clear()

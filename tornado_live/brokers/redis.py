@@ -458,7 +458,8 @@ class RedisBroker:
 
     async def listen(self, listener: Listener) -> None:
         self._check_open()
-        self._listeners.append(listener)
+        if listener not in self._listeners:  # listening again (after a failure) adds none
+            self._listeners.append(listener)
         self._start()
         if self._heard is None:
             self._heard = asyncio.get_running_loop().create_future()
