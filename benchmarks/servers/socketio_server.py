@@ -8,24 +8,13 @@ them. The control protocol is the bench's (``benchmarks/bench.py``).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import signal
 import socket
-import time
 from typing import Any
 
 import socketio  # type: ignore[import-not-found, unused-ignore]
 from aiohttp import web  # type: ignore[import-not-found, unused-ignore]
-
-USER: dict[str, Any] = {
-    "id": "6650f1c2a9e4b7d3c1a2f3e4",
-    "name": "Ada Lovelace",
-    "email": "ada@example.com",
-    "role": "editor",
-    "avatar": "/avatars/ada.png",
-    "updated_at": "2026-11-25T10:42:07Z",
-}
+from peer import arguments, listening, user
 
 sio = socketio.AsyncServer(async_mode="aiohttp", transports=["websocket"])
 connected: set[str] = set()
@@ -46,8 +35,7 @@ async def publish(request: Any) -> Any:
     stamp = request.query.get("t")
     for _ in range(int(request.query.get("n", "1"))):
         seq[0] += 1
-        when = float(stamp) if stamp else time.time() * 1000
-        await sio.emit("updated_user", {**USER, "bench_seq": seq[0], "bench_t": when})
+        await sio.emit("updated_user", user(seq[0], stamp))
     return web.json_response({"receivers": len(connected)})
 
 
@@ -62,17 +50,11 @@ async def main(port: int) -> None:
     listener.bind(("127.0.0.1", port))
     site = web.SockSite(runner, listener)
     await site.start()
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-    print(f"listening {listener.getsockname()[1]}", flush=True)
     try:
-        await stop.wait()
+        await listening(listener.getsockname()[1])
     finally:
         await runner.cleanup()
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--port", type=int, default=0)
-    asyncio.run(main(parser.parse_args().port))
+    asyncio.run(main(arguments(__doc__).parse_args().port))

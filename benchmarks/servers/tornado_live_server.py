@@ -10,15 +10,14 @@ answers the last published document (what a 3-second polling page would fetch), 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import signal
 import time
 from typing import Any, ClassVar
 
 import tornado.httpserver
 import tornado.netutil
 import tornado.web
+from peer import USER, arguments, due, listening, user
 from pymongo import AsyncMongoClient
 
 from tornado_live import Document, Hub, LiveHandler
@@ -26,14 +25,6 @@ from tornado_live.brokers.redis import RedisBroker
 
 CHANNEL = "users"
 TYPE = "updated_user"
-USER: dict[str, Any] = {
-    "id": "6650f1c2a9e4b7d3c1a2f3e4",
-    "name": "Ada Lovelace",
-    "email": "ada@example.com",
-    "role": "editor",
-    "avatar": "/avatars/ada.png",
-    "updated_at": "2026-11-25T10:42:07Z",
-}
 
 
 class State:
@@ -51,8 +42,7 @@ class PublishHandler(tornado.web.RequestHandler):
         stamp = self.get_query_argument("t", "")
         for _ in range(int(self.get_query_argument("n", "1"))):
             State.seq += 1
-            when = float(stamp) if stamp else time.time() * 1000
-            State.last = {**USER, "bench_seq": State.seq, "bench_t": when}
+            State.last = user(State.seq, stamp)
             await self.hub.publish(CHANNEL, TYPE, State.last)
         self.write({"receivers": self.hub.subscribers(CHANNEL)})
 
@@ -80,14 +70,14 @@ class SaveHandler(tornado.web.RequestHandler):
             SaveHandler.user = self.users(name="Ada Lovelace", email="ada@example.com")
         if SaveHandler.lock is None:
             SaveHandler.lock = asyncio.Lock()
-        user = SaveHandler.user
+        document = SaveHandler.user
         async with SaveHandler.lock:  # a save waiting for the previous one is not timed
             started = time.perf_counter()
             for _ in range(count):
                 State.seq += 1
-                user["bench_seq"] = State.seq
-                user["bench_t"] = float(stamp) if stamp else time.time() * 1000
-                await user.save()
+                document["bench_seq"] = State.seq
+                document["bench_t"] = due(stamp)
+                await document.save()
             save_ms = (time.perf_counter() - started) / count * 1000
         self.write({"receivers": self.hub.subscribers(CHANNEL), "save_ms": save_ms})
 
@@ -113,12 +103,8 @@ async def serve(port: int, redis: str | None, mongo: str | None, write_delay: fl
     sockets = tornado.netutil.bind_sockets(port, "127.0.0.1")
     server = tornado.httpserver.HTTPServer(app)
     server.add_sockets(sockets)
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-    print(f"listening {sockets[0].getsockname()[1]}", flush=True)
     try:
-        await stop.wait()
+        await listening(sockets[0].getsockname()[1])
     finally:
         server.stop()
         await hub.close()
@@ -127,8 +113,7 @@ async def serve(port: int, redis: str | None, mongo: str | None, write_delay: fl
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--port", type=int, default=0)
+    parser = arguments(__doc__)
     parser.add_argument("--redis", help="a redis:// URL: use the Redis broker")
     parser.add_argument("--mongo", help="a mongodb:// URL: serve GET /save (a model)")
     parser.add_argument("--write-delay", type=float, default=0.0, help="live_write_delay (0)")
