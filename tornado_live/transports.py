@@ -209,18 +209,10 @@ class _Writes:
         metrics.written(written)
 
 
-_LOOPS: Final[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[float, _Writes]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def _writes(delay: float) -> _Writes:
     """The running loop's `_Writes` for ``delay`` (a transport is made in its loop, and
     stays there)."""
-    loop = asyncio.get_running_loop()
-    writes = _LOOPS.get(loop)
-    if writes is None:
-        writes = _LOOPS[loop] = {}
+    writes = _loop().writes
     found = writes.get(delay)
     if found is None:
         found = writes[delay] = _Writes(delay)
@@ -496,11 +488,11 @@ class _MaskedOnly(WebSocketProtocol13):
     def close(self, code: int | None = None, reason: str | None = None) -> None:
         super().close(code, reason)
         try:
-            pings = _PINGS.get(asyncio.get_running_loop())
+            state = _LOOPS.get(asyncio.get_running_loop())
         except RuntimeError:  # no loop runs: its timers are gone with it
             return
-        if pings is not None:
-            pings.drop(self)
+        if state is not None:
+            state.pings.drop(self)
 
     def _ping_due(self, pinged: float | None) -> None:
         """Called by `_Pings`: send a ping (``pinged`` is None), or see whether the ping
@@ -605,10 +597,10 @@ class _Pings:
     #: Seconds of one bucket of connections due at about the same time.
     RESOLUTION: Final = 0.05
 
-    __slots__ = ("__weakref__", "buckets", "where")
+    __slots__ = ("buckets", "where")
 
     def __init__(self) -> None:
-        # (No reference to its loop: the loop is the key of _PINGS, a weak one.)
+        # (No reference to its loop: the loop is the key of _LOOPS, a weak one.)
         # tick -> connection -> when its last ping was sent (None: ping it now)
         self.buckets: dict[int, dict[_MaskedOnly, float | None]] = {}
         self.where: dict[_MaskedOnly, int] = {}  # connection -> its tick
@@ -640,18 +632,33 @@ class _Pings:
                 log.exception("pinging %s failed", websocket.handler)
 
 
-_PINGS: Final[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pings]] = (
+class _Loop:
+    """What the transports keep per event loop: its `_Writes` by delay, and its `_Pings`."""
+
+    __slots__ = ("pings", "writes")
+
+    def __init__(self) -> None:
+        self.writes: dict[float, _Writes] = {}
+        self.pings = _Pings()
+
+
+_LOOPS: Final[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Loop]] = (
     weakref.WeakKeyDictionary()
 )
 
 
+def _loop() -> _Loop:
+    """The running loop's `_Loop`."""
+    loop = asyncio.get_running_loop()
+    found = _LOOPS.get(loop)
+    if found is None:
+        found = _LOOPS[loop] = _Loop()
+    return found
+
+
 def _pings() -> _Pings:
     """The running loop's `_Pings`."""
-    loop = asyncio.get_running_loop()
-    found = _PINGS.get(loop)
-    if found is None:
-        found = _PINGS[loop] = _Pings()
-    return found
+    return _loop().pings
 
 
 def masked_only(
