@@ -122,10 +122,7 @@ class WebSocket:
         stream = _websocket_stream(connection)
         if stream is None:
             return False
-        if stream.max_write_buffer_size is None:
-            # A documented IOStream argument, set on a stream Tornado made: a write past
-            # it raises StreamBufferFullError instead of buffering without bound.
-            stream.max_write_buffer_size = self.limit
+        _cap(stream, self.limit)
         try:
             _write(stream, data)
         except StreamBufferFullError:
@@ -139,8 +136,8 @@ class WebSocket:
         if connection is None or connection.is_closing():
             return
         stream = _websocket_stream(connection)
-        if stream is not None and stream.max_write_buffer_size is None:
-            stream.max_write_buffer_size = self.limit
+        if stream is not None:
+            _cap(stream, self.limit)
         try:
             connection.write_message(frame)
         except StreamBufferFullError:
@@ -306,15 +303,19 @@ class EventStream:
             _uncap(self.handler)
 
 
-def _fit(stream: IOStream, limit: int, frame: bytes, framing: int) -> bytes:
-    """Cap the stream's write buffer; replace a frame that could never fit in it."""
+def _cap(stream: IOStream, limit: int) -> int:
+    """Cap the stream's write buffer at ``limit`` (unless it has a cap); the cap."""
     if stream.max_write_buffer_size is None:
         # A documented IOStream argument, set on a stream Tornado made: a write past it
         # raises StreamBufferFullError instead of buffering without bound.
         stream.max_write_buffer_size = limit
-    if len(frame) + framing <= stream.max_write_buffer_size:
-        return frame
-    return _too_big(frame, stream.max_write_buffer_size)
+    return stream.max_write_buffer_size
+
+
+def _fit(stream: IOStream, limit: int, frame: bytes, framing: int) -> bytes:
+    """Cap the stream's write buffer; replace a frame that could never fit in it."""
+    cap = _cap(stream, limit)
+    return frame if len(frame) + framing <= cap else _too_big(frame, cap)
 
 
 def _too_big(frame: bytes, limit: int) -> bytes:
