@@ -12,11 +12,12 @@ import contextlib
 import json
 import signal
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Closing, Inbox, RedisServer, start_demo
+from helpers import Closing, Demo, Inbox, RedisServer, start_demo
 from pymongo import AsyncMongoClient
 from tornado.httpclient import AsyncHTTPClient
 from tornado.simple_httpclient import HTTPStreamClosedError
@@ -122,23 +123,36 @@ async def test_writes_made_while_redis_is_away_are_announced_when_it_is_back(
     assert await Notes.sweep() == 0
 
 
+@contextlib.asynccontextmanager
+async def beside_a_doomed_demo(
+    mongo_server: str, redis: RedisServer, fault: str, closing: Closing
+) -> AsyncIterator[tuple[str, Client, Demo]]:
+    """A steady demo process (sweeping every 0.3 s) with a client subscribed to ``users``,
+    and a second one on the same database and Redis whose model writes SIGKILL it at the
+    fault point ``fault``: the database URL, the client and the doomed process."""
+    mongo = mongo_server.replace("/?", f"/sweep_{uuid.uuid4().hex[:8]}?")
+    steady = start_demo("--mongo", mongo, "--redis", redis.url, "--sweep", "0.3")
+    try:
+        client = closing(await Client.connect(ws_url(steady.url, "/live")))
+        await client.subscribe("users")
+        doomed = start_demo(
+            "--mongo", mongo, "--redis", redis.url, env={"TORNADO_LIVE_FAULT": fault}
+        )
+        yield mongo, client, doomed
+    finally:
+        steady.stop()
+
+
 @pytest.mark.gen_test(timeout=60)
 async def test_a_process_killed_between_write_and_publish_loses_nothing(
     mongo_server: str, private_redis: RedisServer, closing: Closing
 ) -> None:
-    mongo = mongo_server.replace("/?", f"/sweep_{uuid.uuid4().hex[:8]}?")
-    steady = start_demo("--mongo", mongo, "--redis", private_redis.url, "--sweep", "0.3")
-    try:
-        client = closing(await Client.connect(ws_url(steady.url, "/live")))
-        await client.subscribe("users")
-        # A second process whose model writes die before they announce: SIGKILL.
-        doomed = start_demo(
-            "--mongo",
-            mongo,
-            "--redis",
-            private_redis.url,
-            env={"TORNADO_LIVE_FAULT": "before-announce"},
-        )
+    # A second process whose model writes die before they announce: SIGKILL.
+    async with beside_a_doomed_demo(mongo_server, private_redis, "before-announce", closing) as (
+        _,
+        client,
+        doomed,
+    ):
         body = {"name": "Ada", "email": "ada@example.com", "password": "password"}
         with pytest.raises(HTTPStreamClosedError):  # the process died mid-request
             await rest_post(doomed.url, body)
@@ -151,28 +165,19 @@ async def test_a_process_killed_between_write_and_publish_loses_nothing(
             1,
         )
         assert await client.receive_nothing(timeout=1.0)
-    finally:
-        steady.stop()
 
 
 @pytest.mark.gen_test(timeout=60)
 async def test_a_process_killed_after_the_publish_before_its_done_mark_sends_it_once(
     mongo_server: str, private_redis: RedisServer, closing: Closing
 ) -> None:
-    mongo = mongo_server.replace("/?", f"/sweep_{uuid.uuid4().hex[:8]}?")
-    steady = start_demo("--mongo", mongo, "--redis", private_redis.url, "--sweep", "0.3")
-    try:
-        client = closing(await Client.connect(ws_url(steady.url, "/live")))
-        await client.subscribe("users")
-        # A second process that dies when its first done-mark is due (MARK_DELAY after
-        # the publish): the write stands, announced, with _pending still set.
-        doomed = start_demo(
-            "--mongo",
-            mongo,
-            "--redis",
-            private_redis.url,
-            env={"TORNADO_LIVE_FAULT": "before-mark"},
-        )
+    # A second process that dies when its first done-mark is due (MARK_DELAY after the
+    # publish): the write stands, announced, with _pending still set.
+    async with beside_a_doomed_demo(mongo_server, private_redis, "before-mark", closing) as (
+        mongo,
+        client,
+        doomed,
+    ):
         body = {"name": "Ada", "email": "ada@example.com", "password": "password"}
         created = await rest_post(doomed.url, body)
         assert created.code == 201
@@ -198,8 +203,6 @@ async def test_a_process_killed_after_the_publish_before_its_done_mark_sends_it_
             await asyncio.sleep(0.05)
         assert PENDING not in (await collection.find_one({"name": "Ada"}) or {PENDING: 1})
         assert await client.receive_nothing(timeout=1.0)
-    finally:
-        steady.stop()
 
 
 @pytest.mark.gen_test(timeout=30)
