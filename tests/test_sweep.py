@@ -96,6 +96,44 @@ async def test_a_sweep_leaves_a_write_to_its_own_process_for_the_grace(
 
 
 @pytest.mark.gen_test(timeout=30)
+async def test_a_write_after_another_process_s_pending_one_waits_for_its_mark(
+    notes: Any, closing: Closing
+) -> None:
+    # Version 2 of "busy" is another process's write, still pending: nothing recorded
+    # which channels version 1 was in, so only that process can announce it exactly.
+    hub = closing(Hub())
+    inbox = Inbox()
+    await hub.broker.subscribe("notes", inbox, inbox.gap)
+    Notes = Note.bind(notes, hub)
+    for id in ("busy", "dead"):
+        await notes.insert_one({"_id": id, "text": "v2", "_version": 2, PENDING: True})
+    busy, dead = await Notes.get("busy"), await Notes.get("dead")
+    assert busy is not None
+    assert dead is not None
+    loop = asyncio.get_running_loop()
+
+    async def marked_by_its_process() -> None:
+        await asyncio.sleep(0.2)
+        await notes.update_one({"_id": "busy"}, {"$set": {"_marked": 2}})
+
+    marking = asyncio.ensure_future(marked_by_its_process())
+    started = loop.time()
+    busy["text"] = "v3"
+    await busy.save()  # waits for that mark, then announces only its own version
+    await marking
+    assert loop.time() - started >= 0.2
+    [event] = await inbox.wait(1)
+    assert (json.loads(event.data)["text"], event.version) == ("v3", 3)
+    # "dead"'s process never marks it: after GRACE the write announces it first.
+    started = loop.time()
+    dead["text"] = "v3"
+    await dead.save()
+    assert loop.time() - started >= models.GRACE
+    events = await inbox.wait(3)
+    assert [(json.loads(e.data)["text"], e.version) for e in events[1:]] == [("v2", 2), ("v3", 3)]
+
+
+@pytest.mark.gen_test(timeout=30)
 async def test_writes_made_while_redis_is_away_are_announced_when_it_is_back(
     private_redis: RedisServer, notes: Any, closing: Closing
 ) -> None:
