@@ -391,6 +391,12 @@ class Ordered(LiveHandler):
         self.write_message(json.dumps({"type": "written", "n": data}))
 
     @message
+    async def cut_after(self, data: Any) -> None:
+        await self.hub.publish("users", "updated_user", {"n": data})
+        assert self.ws_connection is not None
+        self.ws_connection.close(4001, "cut")  # Tornado's own close, past LiveMixin.close
+
+    @message
     async def close_after(self, data: Any) -> None:
         for n in range(data):
             await self.hub.publish("users", "updated_user", {"n": n})
@@ -429,6 +435,31 @@ class TestQueuedFrames:
         events = [await client.receive() for _ in range(50)]
         assert [event["data"]["n"] for event in events] == list(range(50))
         assert await client.wait_closed() == 4000
+
+    async def test_frames_queued_when_the_protocol_closes_are_dropped(
+        self, http_server: Any, base_url: str
+    ) -> None:
+        host, port = base_url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        key = base64.b64encode(os.urandom(16)).decode()
+        writer.write(
+            f"GET /live HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+        )
+        await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        writer.write(frame(b'{"type": "subscribe", "channel": "users"}'))
+        head = await asyncio.wait_for(reader.readexactly(2), 5)
+        await asyncio.wait_for(reader.readexactly(head[1]), 5)  # subscribed
+        writer.write(frame(b'{"type": "cut_after", "data": 1}'))
+        head = await asyncio.wait_for(reader.readexactly(2), 5)
+        payload = await asyncio.wait_for(reader.readexactly(head[1] & 0x7F), 5)
+        assert (head[0], int.from_bytes(payload[:2], "big")) == (0x88, 4001)
+        mask = os.urandom(4)  # the client's close reply, masked
+        writer.write(bytes((0x88, 0x82)) + mask + bytes((0x03 ^ mask[0], 0xE8 ^ mask[1])))
+        rest = await asyncio.wait_for(reader.read(), 5)  # everything until the TCP close
+        writer.close()
+        assert rest == b""  # no data frame after the close frame (RFC 6455 5.5.1)
 
 
 async def test_a_burst_beyond_the_limit_keeps_fast_clients(live_connect: Any, hub: Hub) -> None:
